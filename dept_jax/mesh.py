@@ -1,0 +1,62 @@
+"""The one named mesh (source, data, fsdp, tensor) and the table mapping logical axes onto it."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from dept_jax.config_lib import MESH_AXES
+
+# Logical axis -> mesh axis. `source` stacks per-source state; batch rows spread over data+fsdp
+# inside one source's slice; weights shard over fsdp (embed dim) and tensor (heads, mlp, vocab).
+LOGICAL_RULES = {
+    "source": "source",
+    "batch": ("data", "fsdp"),
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "vocab": "tensor",
+    "layers": None,
+    "length": None,
+    None: None,
+}
+
+
+def make_mesh(shape: dict, devices=None) -> Mesh:
+  """Source slices are contiguous runs of devices: on a multi-slice pod (devices ordered slice by
+  slice) each source then sits inside one slice and only the outer step crosses DCN."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  arr = devices.reshape([shape[a] for a in MESH_AXES])
+  return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes) -> P:
+  return P(*(LOGICAL_RULES[a] for a in axes))
+
+
+def tree_shardings(mesh: Mesh, axes_tree, stacked: bool = False):
+  """NamedShardings for a tree of logical-axes tuples; stacked=True adds the leading source axis."""
+  def one(axes):
+    axes = (("source",) if stacked else ()) + tuple(axes)
+    return NamedSharding(mesh, logical_to_spec(axes))
+  return jax.tree.map(one, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def per_source(mesh: Mesh, ndim_after: int = 0) -> NamedSharding:
+  return NamedSharding(mesh, P("source", *([None] * ndim_after)))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """[source, batch, length] token arrays."""
+  return NamedSharding(mesh, P("source", ("data", "fsdp"), None))
+
+
+def source_groups(mesh: Mesh) -> list[set[int]]:
+  """Device ids of each source slice, for checking collectives in compiled HLO."""
+  arr = mesh.devices.reshape(mesh.devices.shape[0], -1)
+  return [set(int(d.id) for d in row) for row in arr]
