@@ -55,6 +55,18 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=0.3,  # STD mixture: p_k proportional to n_k ** temperature
       eval_batches=4,
   ))
+  c.on_nonfinite = "stop"  # stop: save the last good state and raise | skip: drop the update, count it
+  c.eval = ml_collections.ConfigDict(dict(
+      every=0,  # also evaluate the local models every E steps (0: only after each outer step)
+  ))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every=0,  # save every K steps (0: only at round ends and at the end)
+      at_round_end=True,
+      keep=3,  # keep the last k ...
+      keep_every=0,  # ... plus every n-th step for good (0: none)
+      async_save=True,
+      fallback=False,  # a damaged latest checkpoint: fall back to the previous good one
+  ))
   c.log = ml_collections.ConfigDict(dict(every=10, progress=True, tensorboard=True))
   return c
 
@@ -79,10 +91,12 @@ def resolve_mesh_shape(config, n_devices: int, n_sources: int) -> dict:
       _fail(f"mesh.{axis}", f"unknown mesh axis '{axis}'", f"use only {MESH_AXES}")
   slots = num_slots(config, n_sources)
   if shape["source"] == -1:
-    shape["source"] = slots
-  if shape["source"] != slots:
-    _fail("mesh.source", f"{shape['source']} source slices but {slots} sources train per round",
-          "leave mesh.source=-1, or set outer.sources_per_round to the number of slices")
+    # As many source slices as fit: a divisor of both the slots and the devices. Several sources
+    # may share a slice (one laptop CPU runs all of them); they still never communicate.
+    shape["source"] = max(m for m in range(1, slots + 1) if slots % m == 0 and n_devices % m == 0)
+  if shape["source"] <= 0 or slots % shape["source"]:
+    _fail("mesh.source", f"{shape['source']} source slices cannot split the {slots} sources "
+          "that train per round", "leave mesh.source=-1, or use a divisor of the sources per round")
   fixed = 1
   for axis in MESH_AXES:
     if shape[axis] != -1:
@@ -138,6 +152,8 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
     _fail("model.attention", f"unknown attention '{m.attention}'", "choose auto, xla or cudnn")
   if m.dtype not in ("float32", "bfloat16", "float16"):
     _fail("model.dtype", f"unsupported compute dtype '{m.dtype}'", "use float32 or bfloat16")
+  if config.on_nonfinite not in ("stop", "skip"):
+    _fail("on_nonfinite", f"unknown policy '{config.on_nonfinite}'", "choose stop or skip")
   o = config.outer
   if o.optimizer not in OUTER_OPTIMIZERS:
     _fail("outer.optimizer", f"unknown outer optimizer '{o.optimizer}'",

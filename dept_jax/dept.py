@@ -81,6 +81,7 @@ class Program(NamedTuple):
   outer_step: Callable  # (state, slot_sources[S], weights[S]) -> (state, metrics)
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs carrying shardings (restore targets)
+  batch_shardings: Any
   slots: int
   uses_bank: bool
 
@@ -96,15 +97,18 @@ def _weighted_mean(stacked, w_S):
       lambda x: jnp.tensordot(w_S.astype(x.dtype), x, axes=1), stacked)
 
 
-def build(config, mesh, vocab: Vocab) -> Program:
+def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Program:
+  """metric_sources: how many sources the per-source metrics count (STD's one slot sees them all)."""
   variant = config.variant
   check_vocab(variant, vocab)
   cfg = config.model
   K = vocab.num_sources
   S = num_slots(config, K) if variant != "std" else 1
-  if mesh.shape["source"] != S:
-    raise ConfigError(f"config.mesh.source: the mesh has {mesh.shape['source']} source slices "
-                      f"but {S} sources train per round. Fix: leave mesh.source=-1.")
+  if S % mesh.shape["source"]:
+    raise ConfigError(f"config.mesh.source: the mesh has {mesh.shape['source']} source slices, "
+                      f"which cannot split the {S} sources that train per round. Fix: leave "
+                      "mesh.source=-1.")
+  n_metric = metric_sources or K
   shared = variant in SHARED_TABLE_VARIANTS
   uses_bank = (not shared) and variant != "std" and S < K
   rows = vocab.rows
@@ -130,7 +134,8 @@ def build(config, mesh, vocab: Vocab) -> Program:
   def init(key):
     k_body, k_embed = jax.random.split(key)
     body = model.init_body(cfg, k_body)
-    state = {"step": jnp.zeros((), jnp.int32), "global": {"body": body}}
+    state = {"step": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((S,), jnp.int32),
+             "global": {"body": body}}
     slot_ids = jnp.arange(S) % K
     if shared:
       state["global"]["embed"] = model.init_embed(cfg, G, k_embed)
@@ -170,6 +175,7 @@ def build(config, mesh, vocab: Vocab) -> Program:
   per_slot = lambda nd: P("source", *([None] * (nd - 1))) if nd else P()
   shardings = {
       "step": replicated(mesh),
+      "skipped": NamedSharding(mesh, P("source")),
       "global": {"body": body_sh},
       "slots": {"params": slot_params_sh,
                 "opt": opt_shardings(abstract["slots"]["opt"], slot_params_sh, per_slot)},
@@ -181,7 +187,7 @@ def build(config, mesh, vocab: Vocab) -> Program:
                                          lambda nd: P(*([None] * nd)))
   if uses_bank:
     # The bank's leading axis is sources, not slices: spread it over `source` when it divides.
-    bank_axis = "source" if K % S == 0 else None
+    bank_axis = "source" if K % mesh.shape["source"] == 0 else None
     def bank_sh(leaf):
       return NamedSharding(mesh, P(bank_axis, *([None] * (leaf.ndim - 1))))
     shardings["bank"] = jax.tree.map(bank_sh, abstract["bank"])
@@ -212,21 +218,32 @@ def build(config, mesh, vocab: Vocab) -> Program:
         params, {"inputs": inputs, "targets": targets}, vocab_size, cfg)
     updates, opt = tx.update(grads, opt, params)
     params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-    by_source = jax.nn.one_hot(source_ids, K, dtype=jnp.float32)  # [B, K]
+    by_source = jax.nn.one_hot(source_ids, n_metric, dtype=jnp.float32)  # [B, K]
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
                "nll_by_source": aux["nll_per_row"] @ by_source,
                "tokens_by_source": aux["tokens_per_row"].astype(jnp.float32) @ by_source}
     return params, opt, metrics
 
   def local_step(state, batch):
-    """batch: inputs/targets [S, B, L], source_ids [S, B] (each row's source), vocab [S]."""
+    """batch: inputs/targets [S, B, L], source_ids [S, B] (each row's source), vocab [S].
+
+    A source whose loss or gradient is not finite keeps its previous params and moments and
+    counts the skip in its own `skipped` entry; the trainer decides whether to stop. Nothing
+    here reduces over slots, so the compiled step has no collective across `source`.
+    """
     lr = schedule(state["step"])
     params, opt, metrics = jax.vmap(one_source_step, in_axes=(0, 0, 0, 0, 0, 0, None))(
         state["slots"]["params"], state["slots"]["opt"], batch["inputs"], batch["targets"],
         batch["source_ids"], batch["vocab_size"], lr)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-    state = dict(state, step=state["step"] + 1, slots={"params": params, "opt": opt})
-    return state, dict(metrics, lr=lr, finite=finite)
+    finite_S = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
+    def keep_good(new, old):
+      mask = finite_S.reshape((S,) + (1,) * (new.ndim - 1))
+      return jnp.where(mask, new, old)
+    slots = jax.tree.map(keep_good, {"params": params, "opt": opt}, state["slots"])
+    state = dict(state, slots=slots, step=state["step"] + 1,
+                 skipped=state["skipped"] + (~finite_S).astype(jnp.int32))
+    return state, dict(metrics, lr=lr, finite=finite_S)
 
   # ------------------------------------------------------------------ outer step
   def outer_step(state, slot_sources_S, weights_S):
@@ -237,17 +254,18 @@ def build(config, mesh, vocab: Vocab) -> Program:
     pseudo = {"body": jax.tree.map(lambda g, m: g - m, glob["body"],
                                    _weighted_mean(params["body"], weights_S))}
     if shared:
+      # Owner weight of each global row, from replicated inputs only (no cross-source traffic).
+      ids_S = l2g[slot_sources_S]
+      w_rows = jnp.broadcast_to(weights_S[:, None], ids_S.shape)
+      owners = jnp.zeros((G,), jnp.float32).at[ids_S].add(w_rows, mode="drop")
+
       def row_delta(g_table, local_S):
-        # Each source's delta lands on the global rows it owns; divide by owners' total weight.
+        # Each source's delta lands on the global rows it owns; divide by the owners' weight.
         def one(k, local_table_k, w):
-          ids = l2g[k]
-          delta = jnp.take(g_table, ids, axis=0, mode="fill", fill_value=0) - local_table_k
-          summed = jnp.zeros_like(g_table).at[ids].add(w * delta, mode="drop")
-          owners = jnp.zeros((G,), g_table.dtype).at[ids].add(w, mode="drop")
-          return summed, owners
-        summed_S, owners_S = jax.vmap(one)(slot_sources_S, local_S, weights_S)
-        summed, owners = summed_S.sum(0), owners_S.sum(0)
-        return summed / jnp.maximum(owners, 1e-12)[:, None], owners > 0
+          delta = jnp.take(g_table, l2g[k], axis=0, mode="fill", fill_value=0) - local_table_k
+          return jnp.zeros_like(g_table).at[l2g[k]].add(w * delta, mode="drop")
+        summed = jax.vmap(one)(slot_sources_S, local_S, weights_S).sum(0)
+        return summed / jnp.maximum(owners, 1e-12)[:, None].astype(g_table.dtype), owners > 0
       deltas = jax.tree.map(row_delta, glob["embed"], params["embed"])
       pseudo["embed"] = jax.tree.map(lambda d: d[0], deltas, is_leaf=lambda x: isinstance(x, tuple))
       owned = jax.tree.map(lambda d: d[1], deltas, is_leaf=lambda x: isinstance(x, tuple))
@@ -279,9 +297,46 @@ def build(config, mesh, vocab: Vocab) -> Program:
                          out_shardings=(shardings, None), donate_argnums=0),
       state_shardings=shardings,
       abstract_state=abstract,
+      batch_shardings=batch_sh,
       slots=S,
       uses_bank=uses_bank,
   )
+
+
+def outer_payload_bytes(program_or_state) -> int:
+  """Bytes one source sends at an outer step if it has its own slice: the body, plus the global
+  table for glob/trim (its owned rows, at most the whole table). The HLO check measures the same."""
+  state = getattr(program_or_state, "abstract_state", program_or_state)
+  shared = state["global"]
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(shared))
+
+
+def source_params(state, variant: str, vocab: Vocab, source: int, slot: int | None):
+  """One source's (body, embed) as a complete model.
+
+  slot=None: the global body with the table the variant gives the source (shared variants: its
+  rows of the global table; private: its own table, from the bank or its slot). Otherwise the
+  local model currently training in that slot.
+  """
+  take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+  slots = state["slots"]["params"]
+  if slot is not None:
+    return take(slots["body"], slot), take(slots["embed"], slot)
+  if variant == "std":
+    return take(slots["body"], 0), take(slots["embed"], 0)
+  body = state["global"]["body"]
+  if variant in SHARED_TABLE_VARIANTS:
+    ids = jnp.asarray(vocab.local_to_global[source])
+    return body, jax.tree.map(
+        lambda t: jnp.take(t, ids, axis=0, mode="fill", fill_value=0), state["global"]["embed"])
+  if "bank" in state:
+    return body, take(state["bank"]["embed"], source)
+  return body, take(slots["embed"], source)
+
+
+def make_batch_jnp(tokens):
+  """As make_batch, inside jit: token windows [..., L+1] -> inputs/targets (-1 = padding)."""
+  return {"inputs": jnp.maximum(tokens[..., :-1], 0), "targets": tokens[..., 1:]}
 
 
 def make_batch(tokens_SxBxL1: np.ndarray, source_ids_SxB: np.ndarray, vocab_S: np.ndarray):

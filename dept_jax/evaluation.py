@@ -1,0 +1,104 @@
+"""Per-source evaluation on held-out text: loss and perplexity in the source's own tokens, and bits
+per byte, the one number comparable across tokenizers:
+
+  bits_per_byte = total NLL in nats / (UTF-8 bytes of the evaluated text * ln 2)
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dept_jax import dept, metrics_io, model
+from dept_jax.mesh import replicated
+
+
+def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
+  return nll_nats / (max(n_bytes, 1) * math.log(2))
+
+
+def summarize(nll: float, tokens: int, n_bytes: int) -> dict:
+  loss = nll / max(tokens, 1)
+  return {"loss": loss, "perplexity": math.exp(min(loss, 80.0)),
+          "bits_per_byte": bits_per_byte(nll, n_bytes), "tokens": int(tokens), "bytes": int(n_bytes)}
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _nll(body, embed, tokens, vocab_size, cfg):
+  batch = dept.make_batch_jnp(tokens)
+  nll, mask = model.token_nll(body, embed, batch["inputs"], batch["targets"], vocab_size, cfg)
+  return nll.sum(), mask.sum()
+
+
+def evaluate_source(body, embed, vocab_size: int, cfg, batches) -> dict:
+  """Sum NLL and tokens over a source's eval batches ({'tokens', 'bytes'})."""
+  nll = tok = nbytes = 0
+  for b in batches:
+    s, t = _nll(body, embed, jnp.asarray(b["tokens"], jnp.int32), vocab_size, _Frozen(cfg))
+    nll += float(s)
+    tok += int(t)
+    nbytes += int(b["bytes"])
+  return summarize(nll, tok, nbytes)
+
+
+class _Frozen:
+  """Hashable view of a model config, so jit can treat it as static."""
+
+  def __init__(self, cfg):
+    self._d = dict(cfg)
+    self._key = tuple(sorted(self._d.items()))
+
+  def __getattr__(self, k):
+    try:
+      return self._d[k]
+    except KeyError as e:
+      raise AttributeError(k) from e
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Frozen) and self._key == other._key
+
+
+class Evaluator:
+  """Evaluates every source of a run and keeps the history for eval.json and the plot."""
+
+  def __init__(self, exp):
+    self.exp = exp
+    streams = exp.data.global_streams if exp.config.variant == "std" else exp.data.streams
+    self.batches = [s.eval_batches()[:exp.config.data.eval_batches] for s in streams]
+    self.history = []
+
+  def run(self, state, slot_sources, after_outer: bool) -> dict:
+    exp = self.exp
+    c = exp.config
+    out = {}
+    for k, name in enumerate(exp.names):
+      if after_outer:
+        slot = None
+      else:
+        where = np.nonzero(np.asarray(slot_sources) == k)[0]
+        if not len(where):
+          continue  # sitting this round out: its model did not change
+        slot = int(where[0])
+      body, embed = dept.source_params(state, c.variant, exp.vocab, k, slot)
+      body, embed = jax.device_put((body, embed), replicated(exp.mesh))
+      vocab_size = exp.vocab.sizes[0] if c.variant == "std" else exp.vocab.sizes[k]
+      res = evaluate_source(body, embed, vocab_size, c.model, self.batches[k])
+      for key in ("loss", "perplexity", "bits_per_byte"):
+        out[f"eval/{name}/{key}"] = res[key]
+    step = int(jax.device_get(state["step"]))
+    self.history.append({"step": step, "global": after_outer, **out})
+    return out
+
+  def finish(self, workdir: str):
+    if not metrics_io.is_writer() or not self.history:
+      return
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump({"final": self.history[-1], "history": self.history}, f, indent=2)

@@ -1,0 +1,124 @@
+"""Everything a mode (train, eval, export, compile) needs before its first step: the validated
+config, the data, each source's vocabulary, the mesh and the compiled-on-use DEPT program."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from dept_jax import config_lib, dept
+from dept_jax.data import DataBundle, MixtureStream, build_data, temperature_probs
+from dept_jax.mesh import make_mesh
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: object
+  data: DataBundle
+  vocab: dept.Vocab
+  mesh: object
+  program: dept.Program
+  names: list  # source names, fixed order
+  streams: list  # what feeds slot i (std: one MixtureStream)
+
+  @property
+  def num_sources(self) -> int:
+    return len(self.names)
+
+  def slot_sources(self, round_index: int) -> np.ndarray:
+    """S_t: which source each slot trains in this round (all sources, or a seeded random subset)."""
+    K, S = self.num_sources, self.program.slots
+    if self.config.variant == "std":
+      return np.zeros((1,), np.int32)
+    if S == K:
+      return np.arange(K, dtype=np.int32)
+    rng = np.random.default_rng([self.config.seed, 104729, round_index])
+    return np.sort(rng.choice(K, size=S, replace=False)).astype(np.int32)
+
+  def outer_weights(self, slot_sources) -> np.ndarray:
+    if self.config.outer.weighting == "tokens":
+      return np.asarray([self.data.streams[k].train_tokens for k in slot_sources], np.float32)
+    return np.ones((len(slot_sources),), np.float32)
+
+
+def vocab_for(variant: str, data: DataBundle) -> dept.Vocab:
+  sizes = tuple(int(s.vocab_size) for s in data.streams)
+  if variant == "std":
+    return dept.Vocab((int(data.global_vocab_size),), None, data.global_vocab_size)
+  if variant in dept.SHARED_TABLE_VARIANTS:
+    return dept.Vocab(sizes, data.local_to_global, data.global_vocab_size)
+  return dept.Vocab(sizes)
+
+
+def setup(config, workdir: str | None, devices=None) -> Experiment:
+  devices = devices if devices is not None else jax.devices()
+  # The cheap checks first: a bad key fails before any data is read or anything compiles.
+  config_lib.validate(config, len(devices))
+  data = build_data(config, workdir)
+  if len(data.streams) != config.data.num_sources:
+    raise config_lib.ConfigError(
+        f"config.data.num_sources is {config.data.num_sources} but the data has "
+        f"{len(data.streams)} sources ({', '.join(data.names)}). Fix: set data.num_sources="
+        f"{len(data.streams)}.")
+  if config.variant == "std" and data.global_streams is None:
+    raise config_lib.ConfigError("variant std needs the sources in global-tokenizer ids; this "
+                                 "data kind does not provide them. Fix: use another variant.")
+  shape = config_lib.validate(config, len(devices), len(data.streams))
+  mesh = make_mesh(shape, devices)
+  vocab = vocab_for(config.variant, data)
+  program = dept.build(config, mesh, vocab, metric_sources=len(data.streams))
+  if config.variant == "std":
+    probs = temperature_probs([s.train_tokens for s in data.global_streams],
+                              config.data.temperature)
+    streams = [MixtureStream(data.global_streams, probs, config.seed)]
+  else:
+    streams = list(data.streams)
+  return Experiment(config, data, vocab, mesh, program, data.names, streams)
+
+
+def abstract_vocab(config) -> dept.Vocab:
+  """Vocabulary shapes from the config alone, for AOT checks of presets whose data is elsewhere."""
+  K, G = config.data.num_sources, config.data.vocab_size
+  if config.variant == "std":
+    return dept.Vocab((G,), None, G)
+  if config.variant == "spec_opt":
+    return dept.Vocab((config.data.source_vocab_size,) * K)
+  if config.variant in dept.SHARED_TABLE_VARIANTS:
+    return dept.Vocab((G,) * K, np.tile(np.arange(G, dtype=np.int32), (K, 1)), G)
+  return dept.Vocab((G,) * K)
+
+
+def abstract_batch(config, program) -> dict:
+  S = program.slots
+  B = config.batch_size * (config.data.num_sources if config.variant == "std" else 1)
+  L = config.seq_len
+  sds = lambda name, *shape: jax.ShapeDtypeStruct(shape, np.int32,
+                                                  sharding=program.batch_shardings[name])
+  return {"inputs": sds("inputs", S, B, L), "targets": sds("targets", S, B, L),
+          "source_ids": sds("source_ids", S, B), "vocab_size": sds("vocab_size", S)}
+
+
+def load_run(workdir: str, step: int | None = None, devices=None):
+  """A trained run's (experiment, state, step) from WORKDIR/config.json and its checkpoints.
+
+  The public way for eval, export and generation to read a run; restoring goes through abstract
+  targets with this machine's shardings, so any device count that fits the mesh works.
+  """
+  import json
+  import os
+
+  import ml_collections
+
+  from dept_jax.checkpoint import Checkpointer
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir} is not a dept_jax run directory. "
+                            "Fix: pass the --workdir of a training run.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  exp = setup(config, workdir, devices)
+  ckpt = Checkpointer(workdir, config.checkpoint)
+  got, state, _, _ = ckpt.restore(exp.program.abstract_state, step)
+  ckpt.close()
+  return exp, state, got

@@ -1,0 +1,52 @@
+"""dept_jax command line: parse flags, then hand over to one library function per mode.
+
+  python -m dept_jax.main --config configs/tiny.py:spec --workdir runs/tiny [--config.steps=100]
+  python -m dept_jax.main --mode=eval --workdir runs/tiny [--step 200]
+  python -m dept_jax.main --mode=compile --config configs/pile_125m.py
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import sys
+
+from dept_jax import modes
+from dept_jax.checkpoint import CheckpointError
+from dept_jax.config_lib import ConfigError
+from dept_jax.train import NonFiniteLossError
+
+config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, tokenizers.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "report", "export", "generate"],
+                  "What to do.")
+flags.DEFINE_integer("step", None, "Checkpoint step to read (eval/export/generate); default latest.")
+flags.DEFINE_string("source", None, "Source name (export/generate).")
+flags.DEFINE_string("out", None, "Output directory (export).")
+flags.DEFINE_bool("overwrite", False, "Export into a folder that already holds a model.")
+flags.DEFINE_string("prompt", "", "Prompt text (generate).")
+flags.DEFINE_integer("max_new_tokens", 64, "Tokens to sample (generate).")
+flags.DEFINE_float("temperature", 0.8, "Sampling temperature; 0 is greedy (generate).")
+flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 keeps all (generate).")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (generate).")
+flags.DEFINE_integer("seed", 0, "Sampling seed (generate).")
+flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run (jax.distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-host run.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    modes.run(FLAGS.mode, FLAGS)
+  except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+    # Expected failures get their message, not a traceback; the message names the fix.
+    print(f"dept_jax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

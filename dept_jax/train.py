@@ -1,0 +1,237 @@
+"""The training loop: rounds of local steps and outer steps, with eval, logging and checkpoints.
+
+Order of events per step: (round start) -> local step -> NaN check -> log -> (outer step -> eval)
+-> checkpoint -> preemption check. All math lives in dept.py; this file only sequences it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from dept_jax import dept, evaluation, experiment, hlo_comm, metrics_io
+from dept_jax.checkpoint import Checkpointer
+
+
+class NonFiniteLossError(RuntimeError):
+  """A source's loss or gradient became NaN/inf; the message says where and what was saved."""
+
+
+class _Preemption:
+  """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits cleanly."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. under some test runners)
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def run_meta(exp) -> dict:
+  c = exp.config
+  return {"variant": c.variant, "sources": exp.names, "vocab_sizes": list(exp.vocab.sizes),
+          "global_vocab_size": exp.vocab.global_size, "model": c.model.to_dict(),
+          "tokenizers": dict(exp.data.tokenizers), "config": json.loads(c.to_json())}
+
+
+def data_state(exp) -> dict:
+  return {"streams": [s.get_state() for s in exp.streams]}
+
+
+def set_data_state(exp, state: dict):
+  for s, st in zip(exp.streams, state["streams"]):
+    s.set_state(st)
+
+
+def next_batch(exp, slot_sources):
+  """Host rows for every slot -> the step's batch dict."""
+  B = exp.config.batch_size
+  if exp.config.variant == "std":
+    rows, ids = exp.streams[0].next_rows_with_sources(B * exp.num_sources)
+    return dept.make_batch(rows[None], ids[None], [exp.vocab.sizes[0]])
+  rows = np.stack([exp.streams[k].next_rows(B) for k in slot_sources])
+  ids = np.repeat(np.asarray(slot_sources)[:, None], B, axis=1)
+  return dept.make_batch(rows, ids, [exp.vocab.sizes[k] for k in slot_sources])
+
+
+def to_device(batch, shardings):
+  """Single process: jit places host arrays. Several: every host built the same global batch
+  deterministically, and each contributes the shards its devices hold."""
+  if jax.process_count() == 1:
+    return batch
+  return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
+          for k, v in batch.items()}
+
+
+def train(config, workdir: str) -> dict:
+  exp = experiment.setup(config, workdir)
+  c, prog = exp.config, exp.program
+  std = c.variant == "std"
+  N = c.local_steps
+  if metrics_io.is_writer():
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=2))
+
+  # ---------------------------------------------------------------- state: resume or init
+  ckpt = Checkpointer(workdir, c.checkpoint)
+  if ckpt.latest_step() is not None:
+    step, state, dstate, _ = ckpt.restore(prog.abstract_state)
+    set_data_state(exp, dstate)
+    print(f"[dept_jax] resumed from step {step} ({ckpt.directory})", flush=True)
+  else:
+    state = prog.init(jax.random.key(c.seed))
+  step = int(jax.device_get(state["step"]))
+
+  writer = metrics_io.MetricsWriter(workdir, c.steps, step, tensorboard=c.log.tensorboard,
+                                    progress=c.log.progress)
+  batch_sh = prog.batch_shardings if jax.process_count() > 1 else None
+  outer_compiled, outer_bytes = None, 0
+  evaluator = evaluation.Evaluator(exp)
+  acc = _Accumulator(exp.names)
+  timer = metrics_io.StepTimer()
+  tokens_per_step = c.batch_size * c.seq_len * (exp.num_sources if std else prog.slots)
+  summary = {}
+
+  with _Preemption() as preempt:
+    while step < c.steps:
+      rnd = step // N
+      slot_sources = exp.slot_sources(rnd)
+      if not std and step % N == 0:
+        state = prog.begin_round(state, slot_sources)
+      before = data_state(exp)
+      batch = to_device(next_batch(exp, slot_sources), batch_sh)
+      state, m = prog.local_step(state, batch)
+      m = jax.device_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
+                                              "tokens_by_source", "grad_norm", "lr")})
+      if not m["finite"].all():
+        _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer)
+      step += 1
+      timer.tick()
+      acc.add(m, slot_sources, std)
+      writer.advance(1, acc.postfix())
+
+      log = {}
+      if not std and step % N == 0:
+        if outer_compiled is None:
+          weights = exp.outer_weights(slot_sources)
+          outer_compiled = prog.outer_step.lower(state, slot_sources, weights).compile()
+          outer_bytes = hlo_comm.cross_source_bytes(outer_compiled.as_text(), exp.mesh)
+        state, om = outer_compiled(state, slot_sources, exp.outer_weights(slot_sources))
+        log.update({k: float(v) for k, v in jax.device_get(om).items()})
+        log["comm/outer_bytes"] = outer_bytes
+        log["comm/outer_payload_bytes"] = dept.outer_payload_bytes(prog)
+        log.update(evaluator.run(state, slot_sources, after_outer=True))
+      elif c.eval.every and step % c.eval.every == 0:
+        log.update(evaluator.run(state, slot_sources, after_outer=std))
+      if log or step % c.log.every == 0 or step == c.steps:
+        rate = timer.rate()
+        log.update(acc.flush())
+        log.update({"round": rnd, "lr": float(m["lr"]), "steps_per_sec": rate,
+                    "tokens_per_sec": rate * tokens_per_step,
+                    "skipped_updates": int(jax.device_get(state["skipped"]).sum())})
+        writer.write(step, log)
+        if any(k.startswith("eval/") for k in log):
+          writer.console(_eval_line(step, log, exp.names))
+        summary = log
+
+      at_round_end = not std and step % N == 0
+      every = c.checkpoint.every
+      if step == c.steps or (every and step % every == 0) or (
+          at_round_end and c.checkpoint.at_round_end) or preempt.signal:
+        ckpt.save(step, state, data_state(exp), run_meta(exp))
+      if preempt.signal:
+        ckpt.close()
+        writer.close()
+        print(f"[dept_jax] {preempt.signal}: stopped after step {step}; checkpoint saved in "
+              f"{ckpt.directory}/{step}. Run the same command again to resume.", flush=True)
+        return summary
+  ckpt.close()
+  writer.close()
+  evaluator.finish(workdir)
+  return summary
+
+
+def _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer):
+  bad = [exp.names[k] if exp.config.variant != "std" else "mixture"
+         for k, ok in zip(slot_sources, m["finite"]) if not ok]
+  where = (f"non-finite loss at step {step + 1} (round {rnd}), source(s) {', '.join(bad)}: "
+           f"loss={[float(x) for x in m['loss']]}")
+  if exp.config.on_nonfinite == "skip":
+    writer.console(f"[dept_jax] {where}; update skipped (on_nonfinite=skip)")
+    return
+  # The bad update was not applied (dept.local_step keeps the last good params): save that state
+  # as step `step`, with the data position before the bad batch, so a rerun continues from here.
+  undo = (~m["finite"]).astype(np.int32)
+  state = dict(state, step=jax.device_put(np.int32(step), state["step"].sharding),
+               skipped=jax.device_put(jax.device_get(state["skipped"]) - undo,
+                                      state["skipped"].sharding))
+  ckpt.save(step, state, before, run_meta(exp))
+  ckpt.close()
+  writer.close()
+  raise NonFiniteLossError(
+      f"{where}. The last good state (step {step}) is saved in {ckpt.directory}/{step}. "
+      "Fix: lower optim.lr or raise optim.warmup_steps, or set on_nonfinite=skip to drop such "
+      "updates.")
+
+
+def _eval_line(step, log, names):
+  parts = []
+  for n in names:
+    bpb = log.get(f"eval/{n}/bits_per_byte")
+    loss = log.get(f"eval/{n}/loss")
+    if loss is not None:
+      parts.append(f"{n}: loss {loss:.3f} bpb {bpb:.3f}")
+  return f"step {step} eval | " + " | ".join(parts)
+
+
+class _Accumulator:
+  """Mean per-source training loss over a logging interval."""
+
+  def __init__(self, names):
+    self.names = names
+    self.nll = np.zeros(len(names))
+    self.tok = np.zeros(len(names))
+    self.last = {}
+
+  def add(self, m, slot_sources, std):
+    self.nll += m["nll_by_source"].sum(0)
+    self.tok += m["tokens_by_source"].sum(0)
+    if not std:
+      for i, k in enumerate(slot_sources):
+        self.last[self.names[k]] = float(m["loss"][i])
+
+  def postfix(self):
+    if not self.tok.any():
+      return None
+    losses = self.nll / np.maximum(self.tok, 1)
+    return "loss " + " ".join(f"{x:.2f}" for x, t in zip(losses, self.tok) if t)
+
+  def flush(self):
+    out = {}
+    for n, s, t in zip(self.names, self.nll, self.tok):
+      if t:
+        out[f"train/{n}/loss"] = float(s / t)
+    if self.tok.sum():
+      out["train/loss"] = float(self.nll.sum() / self.tok.sum())
+    self.nll[:] = 0
+    self.tok[:] = 0
+    return out
