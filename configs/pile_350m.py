@@ -1,0 +1,25 @@
+"""The paper's 350M DEPT preset on The Pile (16 domain sources).
+
+  python -m dept_jax.main --config configs/pile_350m.py:spec --workdir gs://BUCKET/runs/pile350m_spec \
+      --config.data.root=/path/to/pile_by_domain
+
+width 1024, 24 blocks, 16 heads, seq 2048, global batch 256 (16 per source), peak lr 3e-4,
+13,500 local steps in 27 rounds of 500. Paper: DEPT's best variant ~15.3% lower perplexity than the
+best STD after continued pre-training; even the worst variant ~9.7% lower.
+"""
+from dept_jax.config_lib import base_config
+
+
+def get_config(variant: str = "spec"):
+  c = base_config()
+  c.variant = variant or "spec"
+  c.steps, c.local_steps = 13500, 500
+  c.batch_size, c.seq_len = 16, 2048
+  c.model.update(d_model=1024, n_layers=24, n_heads=16, d_ff=2816, dtype="bfloat16",
+                 remat="dots_no_batch", init_std=0.02)
+  c.optim.update(lr=3e-4, warmup_steps=100)
+  c.data.update(num_sources=16, vocab_size=50257, source_vocab_size=50257)
+  c.data.kind = "text"
+  c.log.every = 50
+  c.checkpoint.every = 500
+  return c
