@@ -103,10 +103,10 @@ def _logits_at(embed, h_BxLxD, pos, vocab_size, cfg):
   return model.output_logits(embed, h, vocab_size, cfg)[0, 0]
 
 
-def _decode_loop(first_logits, step_fn, carry, key, n_prompt, max_new, eos_id, sample):
+def _decode_loop(first_logits, step_fn, carry, key, n_prompt, max_new, eos_id, sample, out_len):
   """Shared loop: token i is drawn with fold_in(key, i); stops after EOS or max_new tokens."""
   tok0 = sample(first_logits, jax.random.fold_in(key, 0))
-  out = jnp.full((max_new,), -1, jnp.int32).at[0].set(tok0)
+  out = jnp.full((out_len,), -1, jnp.int32).at[0].set(tok0)
 
   def cond(state):
     i, _, _, _, done = state
@@ -123,10 +123,10 @@ def _decode_loop(first_logits, step_fn, carry, key, n_prompt, max_new, eos_id, s
   return out, n
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "vocab_size", "max_len", "max_new", "greedy",
-                                             "use_cache"))
-def _generate(body, embed, prompt_Lp, n_prompt, key, temperature, top_k, top_p, eos_id, *,
-              cfg, vocab_size, max_len, max_new, greedy, use_cache):
+@functools.partial(jax.jit, static_argnames=("cfg", "vocab_size", "max_len", "greedy", "use_cache"))
+def _generate(body, embed, prompt_Lp, n_prompt, max_new, key, temperature, top_k, top_p, eos_id, *,
+              cfg, vocab_size, max_len, greedy, use_cache):
+  """One compilation per (config, vocab, prompt bucket, total-length bucket, greedy, cache)."""
   sample = functools.partial(sample_logits, vocab_size=vocab_size, temperature=temperature,
                              top_k=top_k, top_p=top_p, greedy=greedy)
   if use_cache:
@@ -138,7 +138,7 @@ def _generate(body, embed, prompt_Lp, n_prompt, key, temperature, top_k, top_p, 
       h, cache = forward_with_cache(body, embed, tok.reshape(1, 1), pos, cache, cfg)
       return model.output_logits(embed, h, vocab_size, cfg)[0, 0], cache
 
-    return _decode_loop(first, step, cache, key, n_prompt, max_new, eos_id, sample)
+    return _decode_loop(first, step, cache, key, n_prompt, max_new, eos_id, sample, max_len)
 
   buf = jnp.zeros((max_len,), jnp.int32).at[:prompt_Lp.shape[0]].set(prompt_Lp)
   buf = jnp.where(jnp.arange(max_len) < n_prompt, buf, 0)
@@ -148,7 +148,7 @@ def _generate(body, embed, prompt_Lp, n_prompt, key, temperature, top_k, top_p, 
     buf = buf.at[pos].set(tok)
     return model.forward(body, embed, buf[None], vocab_size, cfg)[0, pos], buf
 
-  return _decode_loop(first, step, buf, key, n_prompt, max_new, eos_id, sample)
+  return _decode_loop(first, step, buf, key, n_prompt, max_new, eos_id, sample, max_len)
 
 
 def generate(body, embed, vocab_size: int, cfg, prompt_ids: Sequence[int], *,
@@ -179,9 +179,9 @@ def generate(body, embed, vocab_size: int, cfg, prompt_ids: Sequence[int], *,
   max_len = max(_round_up(P + max_new_tokens, TOTAL_BUCKET), padded)
   prompt_arr = jnp.asarray(prompt + [0] * (padded - P), jnp.int32)
   out, n = _generate(
-      body, embed, prompt_arr, jnp.int32(P), jax.random.PRNGKey(seed),
+      body, embed, prompt_arr, jnp.int32(P), jnp.int32(max_new_tokens), jax.random.PRNGKey(seed),
       jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
       jnp.int32(-1 if eos_id is None else eos_id),
       cfg=_frozen(cfg), vocab_size=int(vocab_size), max_len=max_len,
-      max_new=int(max_new_tokens), greedy=temperature == 0, use_cache=bool(use_cache))
+      greedy=temperature == 0, use_cache=bool(use_cache))
   return [int(t) for t in jax.device_get(out)[:int(n)]]
