@@ -81,6 +81,20 @@ def to_device(batch, shardings):
           for k, v in batch.items()}
 
 
+def host_get(tree):
+  """device_get that also works for arrays sharded over other hosts' devices (gathered; every
+  process must call it at the same point)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_replicated:
+      return multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+  return jax.tree.map(one, tree)
+
+
 def train(config, workdir: str) -> dict:
   exp = experiment.setup(config, workdir)
   c, prog = exp.config, exp.program
@@ -120,7 +134,7 @@ def train(config, workdir: str) -> dict:
       before = data_state(exp)
       batch = to_device(next_batch(exp, slot_sources), batch_sh)
       state, m = prog.local_step(state, batch)
-      m = jax.device_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
+      m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
                                               "tokens_by_source", "grad_norm", "lr")})
       if not m["finite"].all():
         _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer)
@@ -136,7 +150,7 @@ def train(config, workdir: str) -> dict:
           outer_compiled = prog.outer_step.lower(state, slot_sources, weights).compile()
           outer_bytes = hlo_comm.cross_source_bytes(outer_compiled.as_text(), exp.mesh)
         state, om = outer_compiled(state, slot_sources, exp.outer_weights(slot_sources))
-        log.update({k: float(v) for k, v in jax.device_get(om).items()})
+        log.update({k: float(v) for k, v in host_get(om).items()})
         log["comm/outer_bytes"] = outer_bytes
         log["comm/outer_payload_bytes"] = dept.outer_payload_bytes(prog)
         log.update(evaluator.run(state, slot_sources, after_outer=True))
@@ -147,7 +161,7 @@ def train(config, workdir: str) -> dict:
         log.update(acc.flush())
         log.update({"round": rnd, "lr": float(m["lr"]), "steps_per_sec": rate,
                     "tokens_per_sec": rate * tokens_per_step,
-                    "skipped_updates": int(jax.device_get(state["skipped"]).sum())})
+                    "skipped_updates": int(host_get(state["skipped"]).sum())})
         writer.write(step, log)
         if any(k.startswith("eval/") for k in log):
           writer.console(_eval_line(step, log, exp.names))
@@ -182,7 +196,7 @@ def _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer):
   # as step `step`, with the data position before the bad batch, so a rerun continues from here.
   undo = (~m["finite"]).astype(np.int32)
   state = dict(state, step=jax.device_put(np.int32(step), state["step"].sharding),
-               skipped=jax.device_put(jax.device_get(state["skipped"]) - undo,
+               skipped=jax.device_put(host_get(state["skipped"]) - undo,
                                       state["skipped"].sharding))
   ckpt.save(step, state, before, run_meta(exp))
   ckpt.close()
