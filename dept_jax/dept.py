@@ -113,8 +113,10 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
   uses_bank = (not shared) and variant != "std" and S < K
   rows = vocab.rows
   sizes = jnp.asarray(vocab.sizes, jnp.int32)
-  l2g = jnp.asarray(vocab.local_to_global) if shared else None
   G = vocab.global_size
+  # Padding ids (-1) become G: out of range, so take() fills zeros and scatters drop them
+  # (a negative index would wrap around to the last global row).
+  l2g = jnp.asarray(np.where(vocab.local_to_global < 0, G, vocab.local_to_global)) if shared else None
   tx = optim.inner_transform(config.optim)
   outer_tx = optim.outer_transform(config.outer)
   schedule = optim.lr_schedule(config.optim, config.steps)
@@ -219,7 +221,7 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     updates, opt = tx.update(grads, opt, params)
     params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
     by_source = jax.nn.one_hot(source_ids, n_metric, dtype=jnp.float32)  # [B, K]
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "nll_by_source": aux["nll_per_row"] @ by_source,
                "tokens_by_source": aux["tokens_per_row"].astype(jnp.float32) @ by_source}
     return params, opt, metrics
@@ -280,7 +282,7 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
       put = lambda bank, slot: bank.at[slot_sources_S].set(slot)
       state["bank"] = {"embed": jax.tree.map(put, state["bank"]["embed"], params["embed"]),
                        "opt": jax.tree.map(put, state["bank"]["opt"], state["slots"]["opt"])}
-    metrics = {"outer/pseudo_grad_norm": optax.global_norm(pseudo["body"])}
+    metrics = {"outer/pseudo_grad_norm": optax.tree.norm(pseudo["body"])}
     return state, metrics
 
   batch_sh = {"inputs": batch_sharding(mesh), "targets": batch_sharding(mesh),
@@ -326,7 +328,8 @@ def source_params(state, variant: str, vocab: Vocab, source: int, slot: int | No
     return take(slots["body"], 0), take(slots["embed"], 0)
   body = state["global"]["body"]
   if variant in SHARED_TABLE_VARIANTS:
-    ids = jnp.asarray(vocab.local_to_global[source])
+    l2g = vocab.local_to_global[source]
+    ids = jnp.asarray(np.where(l2g < 0, vocab.global_size, l2g))
     return body, jax.tree.map(
         lambda t: jnp.take(t, ids, axis=0, mode="fill", fill_value=0), state["global"]["embed"])
   if "bank" in state:

@@ -154,6 +154,9 @@ def train(config, workdir: str) -> dict:
         log["comm/outer_bytes"] = outer_bytes
         log["comm/outer_payload_bytes"] = dept.outer_payload_bytes(prog)
         log.update(evaluator.run(state, slot_sources, after_outer=True))
+      elif std and step % N == 0:
+        # STD has no rounds; it is evaluated on the schedule of the other variants' outer steps.
+        log.update(evaluator.run(state, slot_sources, after_outer=True))
       elif c.eval.every and step % c.eval.every == 0:
         log.update(evaluator.run(state, slot_sources, after_outer=std))
       if log or step % c.log.every == 0 or step == c.steps:

@@ -74,7 +74,8 @@ def build(config) -> DataBundle:
                         emit, config.seq_len, config.batch_size, config.seed, k)
 
   if variant == "spec_opt":
-    streams = [make(k, np.arange(d.source_vocab_size - 16 * k)) for k in range(K)]
+    step = max(d.source_vocab_size // (2 * K), 1)  # private vocabularies of different sizes
+    streams = [make(k, np.arange(d.source_vocab_size - step * k)) for k in range(K)]
     return DataBundle(streams=streams)
   global_streams = [make(k, owned[k]) for k in range(K)]
   if variant in ("std", "glob"):

@@ -1,0 +1,198 @@
+"""Real text sources -> tokenizers -> packed, shuffled, resumable streams (config.data.kind='text').
+
+Sources live in config.data.sources, a ConfigDict of name -> source(...) (sorted by name, as
+ConfigDict keeps keys), so every field can be overridden from the command line:
+
+  --config.data.sources.prose.weight=2  --config.data.sources.code.path=/data/code/*.py
+
+Tokenizers (WORKDIR/tokenizers/): spec_opt trains one per source (<name>.model, size
+data.source_vocab_size); the other variants share global.model (size data.vocab_size), trained on
+a sample of all sources weighted like STD's mixture. An existing file is reused; a source's
+`tokenizer` (spec_opt) or data.tokenizer (the others) points at a .model of your own.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dept_jax.data import corpus, pipeline, sources, tokenizers
+from dept_jax.data.base import DataBundle, temperature_probs
+from dept_jax.data.sources import DataError
+
+
+def source(path: str, format: str = "auto", field: str = "text", weight: float = 1.0,
+           tokenizer: str = "", split: str = "train", data_dir: str = "",
+           max_bytes: int = 0) -> ml_collections.ConfigDict:
+  """One source. path: folder, glob, .jsonl/.parquet/text file, tfds name, or built-in name.
+  format: auto | text | jsonl | parquet | tfds | builtin. weight scales the source's size in
+  STD's temperature sampling and in the global tokenizer's training sample."""
+  return ml_collections.ConfigDict(dict(
+      path=path, format=format, field=field, weight=float(weight), tokenizer=tokenizer,
+      split=split, data_dir=data_dir, max_bytes=int(max_bytes)))
+
+
+def text_data_config() -> dict:
+  """The keys config.data needs for kind='text' (config files add them after base_config())."""
+  return dict(
+      kind="text",
+      sources=ml_collections.ConfigDict(),
+      val_fraction=0.05,  # share of each source's documents held out (at least one)
+      tokenizer="",  # an existing global .model (std/glob/trim/spec); empty: train one
+      tokenizer_train_bytes=1_000_000,  # text sampled to train each tokenizer
+      min_count=1,  # trim/spec: a global id belongs to a source if it occurs this often
+      cache_dir="",  # built-in corpus cache (default ~/.cache/dept_jax/corpus)
+      shard_index=-1, shard_count=-1,  # which part of every source this host reads (-1: jax)
+  )
+
+
+def add_text_data(config, named_sources: dict) -> ml_collections.ConfigDict:
+  """config.data set up for these sources {name: source(...)}, num_sources included."""
+  for key, value in text_data_config().items():
+    config.data[key] = value
+  for name, spec in named_sources.items():
+    config.data.sources[name] = spec
+  config.data.num_sources = len(named_sources)
+  return config
+
+
+def _shard(d) -> tuple[int, int]:
+  count = d.get("shard_count", -1)
+  count = jax.process_count() if count is None or count < 1 else count
+  index = d.get("shard_index", -1)
+  index = jax.process_index() if index is None or index < 0 else index
+  return index, count
+
+
+def _read_all(d):
+  """[(name, spec dict, Documents)] in the config's order."""
+  out = []
+  for name, spec in d.sources.items():
+    spec = dict(spec)
+    if spec.get("format") == "builtin":
+      spec = dict(spec, format="jsonl", field="text",
+                  path=corpus.ensure(spec["path"] or name, d.get("cache_dir", "")))
+    docs = sources.read_documents(name, spec)
+    if docs.replaced_bytes:
+      logging.warning("source '%s': %d undecodable bytes replaced by U+FFFD", name,
+                      docs.replaced_bytes)
+    if docs.skipped_files:
+      logging.warning("source '%s': %d binary files skipped", name, docs.skipped_files)
+    out.append((name, spec, docs))
+  return out
+
+
+def _tokenizer_paths(config, read, tokdir):
+  """{name: SentencePieceProcessor} for every source (spec_opt: its own; else the global one)."""
+  d = config.data
+  if config.variant == "spec_opt":
+    return {name: tokenizers.obtain(
+        os.path.join(tokdir, f"{name}.model"), spec.get("tokenizer", ""),
+        lambda train=train: tokenizers.sample_lines(train, d.tokenizer_train_bytes),
+        d.source_vocab_size, f"source '{name}'", "data.source_vocab_size")
+        for name, spec, train in read}, {n: os.path.join(tokdir, f"{n}.model") for n, _, _ in read}
+  for name, spec, _ in read:
+    if spec.get("tokenizer"):
+      raise DataError(f"source '{name}': a per-source tokenizer only applies to variant spec_opt; "
+                      f"'{config.variant}' uses one global tokenizer. Fix: set "
+                      "config.data.tokenizer instead, or clear the source's tokenizer.")
+
+  def weighted_sample():
+    # The global tokenizer sees each source as STD's mixture would: weight*size, tempered.
+    sizes = np.asarray([max(1, sum(map(len, t))) * s.get("weight", 1.0) for _, s, t in read])
+    probs = temperature_probs(sizes, d.temperature)
+    return [ln for (_, _, train), p in zip(read, probs)
+            for ln in tokenizers.sample_lines(train, int(p * d.tokenizer_train_bytes))]
+
+  path = os.path.join(tokdir, "global.model")
+  sp = tokenizers.obtain(path, d.get("tokenizer", ""), weighted_sample, d.vocab_size,
+                         "the run (global tokenizer)", "data.vocab_size")
+  return {name: sp for name, _, _ in read}, {"global": path}
+
+
+def _eval_chunks(sp, val_texts, need_tokens):
+  """[(tokens, nbytes, ends_doc)] of validation chunks, encoded only as far as eval needs."""
+  out, have = [], 0
+  for text in val_texts:
+    pieces = pipeline.line_chunks(text)
+    for i, (piece, toks) in enumerate(zip(pieces, tokenizers.encode(sp, pieces))):
+      out.append((toks, len(piece.encode("utf-8")), i == len(pieces) - 1))
+      have += len(toks) + 1
+    if have >= need_tokens:
+      break
+  return out
+
+
+def build(config, workdir: str | None) -> DataBundle:
+  d, variant, L = config.data, config.variant, config.seq_len
+  if not d.get("sources"):
+    raise DataError("config.data.sources is empty. Fix: add sources with "
+                    "dept_jax.data.text.source(...) (see configs/folders.py).")
+  if workdir is None:
+    workdir = tempfile.mkdtemp(prefix="dept_jax_data_")
+    logging.warning("no workdir: tokenizers go to %s", workdir)
+  tokdir = os.path.join(workdir, "tokenizers")
+  index, count = _shard(d)
+  read = []
+  for name, spec, docs in _read_all(d):
+    train, val = sources.split_validation(docs, d.val_fraction, config.seed)
+    read.append((name, spec, train))
+    spec["_val"] = val
+  sps, tok_paths = _tokenizer_paths(config, read, tokdir)
+
+  eval_rows_max = d.eval_batches * config.batch_size * count
+  raw = []  # per source: (name, spec, stream in tokenizer ids, eval rows/bytes for this host)
+  for name, spec, train in read:
+    sp = sps[name]
+    stream = pipeline.pack_stream(tokenizers.encode(sp, train), sp.eos_id())
+    chunks = _eval_chunks(sp, spec["_val"], eval_rows_max * L + 1)
+    rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L, eval_rows_max)
+    raw.append((name, spec, stream, (rows[index::count], row_bytes[index::count])))
+    n_bytes = sum(len(t.encode("utf-8")) for t in train)
+    logging.info("source '%s': %d train docs, %.2f MB, %d tokens (%.2f bytes/token), %d val docs",
+                 name, len(train), n_bytes / 1e6, len(stream), n_bytes / max(len(stream), 1),
+                 len(spec["_val"]))
+
+  def make(name, spec, stream, ev, vocab, id_map=None, weighted=False):
+    n = len(stream) * (spec.get("weight", 1.0) if weighted else 1.0)
+    return pipeline.TextStream(name, stream, vocab, L, config.batch_size, config.seed, ev,
+                               id_map=id_map, shard=(index, count), train_tokens=n,
+                               weight=spec.get("weight", 1.0))
+
+  if variant == "spec_opt":
+    streams = [make(n, s, st, ev, sps[n].get_piece_size()) for n, s, st, ev in raw]
+    return DataBundle(streams=streams, tokenizers=tok_paths)
+  G = d.vocab_size
+  # STD samples its mixture by train_tokens: a source's weight scales its effective size there.
+  global_streams = [make(n, s, st, ev, G, weighted=True) for n, s, st, ev in raw]
+  if variant in ("std", "glob"):
+    l2g = np.tile(np.arange(G, dtype=np.int32), (len(raw), 1))
+    streams = [make(n, s, st, ev, G) for n, s, st, ev in raw]
+    return DataBundle(streams, G, l2g, tok_paths, global_streams)
+  owned = [owned_ids(st, G, d.min_count, sps[n]) for n, s, st, ev in raw]
+  l2g = np.full((len(raw), max(len(o) for o in owned)), -1, np.int32)
+  streams = []
+  for k, ((n, s, st, ev), ids) in enumerate(zip(raw, owned)):
+    l2g[k, :len(ids)] = ids
+    streams.append(make(n, s, st, ev, len(ids), id_map=global_to_local(ids, G, sps[n].unk_id())))
+    logging.info("source '%s': trimmed vocabulary %d of %d global ids", n, len(ids), G)
+  return DataBundle(streams, G, l2g, tok_paths, global_streams)
+
+
+def owned_ids(stream: np.ndarray, G: int, min_count: int, sp) -> np.ndarray:
+  """TRIM/SPEC: sorted global ids occurring >= min_count times, plus <unk> and EOS always."""
+  counts = np.bincount(stream, minlength=G)
+  ids = set(np.nonzero(counts >= max(1, min_count))[0].tolist()) | {sp.unk_id(), sp.eos_id()}
+  return np.asarray(sorted(ids), np.int32)
+
+
+def global_to_local(owned: np.ndarray, G: int, unk_global: int) -> np.ndarray:
+  """[G] local id of each global id; ids the source does not own map to its local <unk>."""
+  unk_local = int(np.searchsorted(owned, unk_global))
+  m = np.full((G,), unk_local, np.int32)
+  m[owned] = np.arange(len(owned), dtype=np.int32)
+  return m

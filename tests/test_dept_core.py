@@ -1,0 +1,264 @@
+"""The DEPT round on a real 8-device mesh: outer-step rules per variant, optimizers, no
+cross-source traffic in local steps, exact bytes in outer steps."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dept_jax import config_lib, dept, experiment, hlo_comm, model, optim
+from dept_jax.train import next_batch
+
+
+def tiny_config(variant="spec", **overrides):
+  c = config_lib.base_config()
+  c.variant = variant
+  c.steps, c.local_steps, c.batch_size, c.seq_len = 20, 5, 4, 16
+  c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64)
+  c.data.update(num_sources=4, vocab_size=64, source_vocab_size=48)
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+_EXPERIMENTS = {}
+
+
+def setup(variant="spec", **overrides):
+  """Experiments (and so their compiled steps) are shared by the tests that ask for the same one;
+  each test makes its own fresh state, and the data streams are rewound."""
+  key = (variant, tuple(sorted(overrides.items())))
+  if key not in _EXPERIMENTS:
+    exp = experiment.setup(tiny_config(variant, **overrides), None)
+    _EXPERIMENTS[key] = (exp, [s.get_state() for s in exp.streams])
+  exp, start = _EXPERIMENTS[key]
+  for s, st in zip(exp.streams, start):
+    s.set_state(st)
+  return exp
+
+
+def host(tree):
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def run_local(exp, state, n):
+  idx = exp.slot_sources(0)
+  state = exp.program.begin_round(state, idx)
+  for _ in range(n):
+    state, _ = exp.program.local_step(state, next_batch(exp, idx))
+  return state, idx
+
+
+def test_fedavg_body_is_mean_and_identical_on_every_slice():
+  exp = setup("spec")
+  assert exp.mesh.shape["source"] == 4 and exp.mesh.shape["data"] == 2
+  state, idx = run_local(exp, exp.program.init(jax.random.key(0)), 3)
+  local_bodies = host(state["slots"]["params"]["body"])
+  # Local training made the slots differ.
+  assert not np.allclose(local_bodies["final_norm"][0], local_bodies["final_norm"][1])
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  for got, local in zip(jax.tree.leaves(state["global"]["body"]), jax.tree.leaves(local_bodies)):
+    np.testing.assert_allclose(np.asarray(got), local.mean(0), rtol=1e-6, atol=1e-7)
+    shards = [np.asarray(s.data) for s in got.addressable_shards]
+    assert len(shards) == 8
+    for s in shards[1:]:
+      np.testing.assert_array_equal(s, shards[0])
+  state = exp.program.begin_round(state, idx)
+  slots = host(state["slots"]["params"]["body"])
+  for leaf, g in zip(jax.tree.leaves(slots), jax.tree.leaves(host(state["global"]["body"]))):
+    for i in range(4):
+      np.testing.assert_array_equal(leaf[i], g)
+
+
+def test_nesterov_matches_hand_computed_update():
+  exp = setup("spec", **{"outer.optimizer": "nesterov", "outer.lr": 0.7, "outer.momentum": 0.9})
+  state = exp.program.init(jax.random.key(0))
+  theta = host(state["global"]["body"])["final_norm"]
+  trace = np.zeros_like(theta)
+  for _ in range(2):  # two rounds: the second uses the momentum from the first
+    state, idx = run_local(exp, state, 2)
+    locals_ = host(state["slots"]["params"]["body"])["final_norm"]
+    delta = theta - locals_.mean(0)
+    trace = delta + 0.9 * trace
+    theta = theta - 0.7 * (delta + 0.9 * trace)
+    state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+    np.testing.assert_allclose(host(state["global"]["body"])["final_norm"], theta, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_spec_tables_never_averaged():
+  exp = setup("spec")
+  state, idx = run_local(exp, exp.program.init(jax.random.key(1)), 3)
+  before = host(state["slots"]["params"]["embed"]["table"])
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  state = exp.program.begin_round(state, idx)
+  after = host(state["slots"]["params"]["embed"]["table"])
+  np.testing.assert_array_equal(after, before)
+  assert not np.allclose(after[0], after[1])
+  assert "embed" not in state["global"]
+
+
+def test_trim_rows_follow_their_owners_and_glob_is_the_mean():
+  exp = setup("trim")
+  state0 = exp.program.init(jax.random.key(2))
+  global_before = host(state0["global"]["embed"]["table"])
+  state, idx = run_local(exp, state0, 3)
+  local = host(state["slots"]["params"]["embed"]["table"])
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  after = host(state["global"]["embed"]["table"])
+  l2g = exp.vocab.local_to_global
+  owners = {}
+  for k in range(4):
+    for local_id, g in enumerate(l2g[k, :exp.vocab.sizes[k]]):
+      owners.setdefault(int(g), []).append(local[k, local_id])
+  counts = {len(v) for v in owners.values()}
+  assert 1 in counts and max(counts) > 1, "the synthetic sources must overlap partially"
+  unowned = sorted(set(range(64)) - set(owners))
+  assert unowned, "some global rows must belong to no source"
+  for g, rows in owners.items():
+    np.testing.assert_allclose(after[g], np.mean(rows, axis=0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(after[unowned], global_before[unowned])
+
+  exp = setup("glob")
+  state, idx = run_local(exp, exp.program.init(jax.random.key(2)), 3)
+  local = host(state["slots"]["params"]["embed"]["table"])
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  np.testing.assert_allclose(host(state["global"]["embed"]["table"]), local.mean(0), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_token_weighted_mean():
+  exp = setup("spec", **{"outer.weighting": "tokens"})
+  state, idx = run_local(exp, exp.program.init(jax.random.key(0)), 2)
+  w = exp.outer_weights(idx)
+  assert len(set(w.tolist())) > 1  # the synthetic sources differ in size
+  local = host(state["slots"]["params"]["body"])["final_norm"]
+  state, _ = exp.program.outer_step(state, idx, w)
+  np.testing.assert_allclose(host(state["global"]["body"])["final_norm"],
+                             (w[:, None] * local).sum(0) / w.sum(), rtol=1e-5)
+
+
+def test_one_source_fedavg_equals_plain_training():
+  """With one source and FedAvg, rounds are invisible: DEPT is ordinary AdamW training."""
+  c = tiny_config("spec", **{"data.num_sources": 1, "steps": 12, "local_steps": 4,
+                             "batch_size": 8})
+  exp = experiment.setup(c, None)
+  state = exp.program.init(jax.random.key(3))
+  params = host({"body": jax.tree.map(lambda x: x[0], state["slots"]["params"]["body"]),
+                 "embed": jax.tree.map(lambda x: x[0], state["slots"]["params"]["embed"])})
+  tx = optax.chain(optax.clip_by_global_norm(c.optim.grad_clip),
+                   optax.adamw(optim.lr_schedule(c.optim, c.steps), b1=c.optim.b1,
+                               b2=c.optim.b2, eps=c.optim.eps, weight_decay=0.0))
+  opt = tx.init(params)
+  vocab = exp.vocab.sizes[0]
+
+  @jax.jit
+  def plain_step(params, opt, batch):
+    (loss, _), g = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, vocab, c.model)
+    upd, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, upd), opt, loss
+
+  twin = exp.data.streams[0].__class__.__new__(exp.data.streams[0].__class__)
+  twin.__dict__.update(exp.data.streams[0].__dict__)
+  for step in range(c.steps):
+    idx = exp.slot_sources(step // c.local_steps)
+    if step % c.local_steps == 0:
+      state = exp.program.begin_round(state, idx)
+    state, m = exp.program.local_step(state, next_batch(exp, idx))
+    rows = twin.next_rows(c.batch_size)
+    params, opt, loss = plain_step(params, opt, {"inputs": np.maximum(rows[:, :-1], 0),
+                                                 "targets": rows[:, 1:]})
+    np.testing.assert_allclose(float(m["loss"][0]), float(loss), rtol=2e-5)
+    if (step + 1) % c.local_steps == 0:
+      state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  np.testing.assert_allclose(host(state["global"]["body"])["final_norm"],
+                             np.asarray(params["body"]["final_norm"]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["std", "glob", "trim", "spec", "spec_opt"])
+def test_local_step_has_no_collective_across_source(variant):
+  exp = setup(variant)
+  prog = exp.program
+  batch = experiment.abstract_batch(exp.config, prog)
+  text = prog.local_step.lower(prog.abstract_state, batch).compile().as_text()
+  found = hlo_comm.collectives(text, 8, 8 // exp.mesh.shape["source"])
+  if variant != "std":
+    assert any(not c["crosses_source"] for c in found), "data-parallel grads reduce in a slice"
+  assert [c for c in found if c["crosses_source"]] == []
+
+
+def body_bytes(cfg):
+  return 4 * model.count_params(jax.eval_shape(lambda: model.init_body(cfg, jax.random.key(0))))
+
+
+@pytest.mark.parametrize("variant", ["spec", "spec_opt", "glob"])
+def test_outer_step_moves_exactly_what_the_variant_shares(variant):
+  exp = setup(variant)
+  c = exp.config
+  prog = exp.program
+  vec = lambda dt: jax.ShapeDtypeStruct((prog.slots,), dt)
+  text = prog.outer_step.lower(prog.abstract_state, vec(jnp.int32), vec(jnp.float32)).compile(
+  ).as_text()
+  expected = body_bytes(c.model)
+  if variant == "glob":
+    expected += 4 * c.data.vocab_size * c.model.d_model
+  assert hlo_comm.cross_source_bytes(text, exp.mesh) == expected
+  assert dept.outer_payload_bytes(prog) == expected
+
+
+def test_sources_sitting_out_keep_their_tables():
+  exp = setup("spec", **{"outer.sources_per_round": 2})
+  assert exp.program.uses_bank and exp.mesh.shape["source"] == 2
+  state = exp.program.init(jax.random.key(4))
+  bank_before = host(state["bank"]["embed"]["table"])
+  idx = exp.slot_sources(0)
+  out = sorted(set(range(4)) - set(idx.tolist()))
+  state = exp.program.begin_round(state, idx)
+  for _ in range(2):
+    state, _ = exp.program.local_step(state, next_batch(exp, idx))
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  bank_after = host(state["bank"]["embed"]["table"])
+  np.testing.assert_array_equal(bank_after[out], bank_before[out])
+  for i in idx:
+    assert not np.allclose(bank_after[i], bank_before[i])
+  # Another round draws another subset, deterministic from the seed.
+  rounds = [tuple(exp.slot_sources(r)) for r in range(6)]
+  assert len(set(rounds)) > 1 and rounds == [tuple(exp.slot_sources(r)) for r in range(6)]
+
+
+def test_reset_inner_state_restarts_adam_moments():
+  for reset in (False, True):
+    exp = setup("spec", **{"outer.reset_inner_state": reset})
+    state, idx = run_local(exp, exp.program.init(jax.random.key(0)), 2)
+    state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+    state = exp.program.begin_round(state, idx)
+    mu = host(state["slots"]["opt"])[1].mu["body"]["final_norm"]
+    assert (np.abs(mu).max() == 0) == reset
+
+
+def test_padding_rows_never_enter_the_softmax():
+  cfg = tiny_config().model
+  body = model.init_body(cfg, jax.random.key(0))
+  embed = model.init_embed(cfg, 16, jax.random.key(1))
+  tokens = jnp.array([[1, 2, 3]])
+  logits = model.forward(body, embed, tokens, 10, cfg)
+  probs = jax.nn.softmax(logits, axis=-1)
+  assert float(probs[..., 10:].max()) == 0.0
+  np.testing.assert_allclose(np.asarray(probs[..., :10].sum(-1)), 1.0, rtol=1e-5)
+
+
+def test_std_mixture_follows_temperature():
+  from dept_jax.data import temperature_probs
+  p = temperature_probs([100, 400], 0.5)
+  np.testing.assert_allclose(p, [1 / 3, 2 / 3])
+  np.testing.assert_allclose(temperature_probs([100, 400], 0.0), [0.5, 0.5])
+  exp = setup("std", **{"data.temperature": 1.0})
+  mix = exp.streams[0]
+  ids = np.concatenate([mix.next_rows_with_sources(64)[1] for _ in range(20)])
+  freq = np.bincount(ids, minlength=4) / len(ids)
+  expected = temperature_probs([s.train_tokens for s in exp.data.global_streams], 1.0)
+  np.testing.assert_allclose(freq, expected, atol=0.04)
