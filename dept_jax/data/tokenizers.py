@@ -37,18 +37,25 @@ def train(lines: list[str], path: str, vocab_size: int, who: str, threads: int =
   if vocab_size < MIN_VOCAB:
     raise DataError(f"tokenizer for {who}: vocab size {vocab_size} is below {MIN_VOCAB} "
                     "(256 byte-fallback pieces plus specials). Fix: raise the vocab size.")
-  model = io.BytesIO()
-  try:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="unigram",
-        vocab_size=vocab_size, byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, user_defined_symbols=["\n"], character_coverage=0.9995,
-        max_sentence_length=16384, shuffle_input_sentence=False, input_sentence_size=0,
-        num_threads=threads, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
-  except RuntimeError as e:
-    raise DataError(f"tokenizer for {who}: sentencepiece could not train {vocab_size} pieces "
-                    f"on {sum(map(len, lines)):,} characters ({e}). Fix: give the source more text "
-                    "or lower the vocab size.") from e
+  # Scripts with thousands of characters (CJK) need more pieces than the vocabulary has at full
+  # coverage; with byte fallback, rarer characters can safely be left to bytes.
+  for coverage in (0.9995, 0.995, 0.98, 0.95, 0.9):
+    model = io.BytesIO()
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(lines), model_writer=model, model_type="unigram",
+          vocab_size=vocab_size, byte_fallback=True, normalization_rule_name="identity",
+          remove_extra_whitespaces=False, user_defined_symbols=["\n"],
+          character_coverage=coverage, max_sentence_length=16384, shuffle_input_sentence=False,
+          input_sentence_size=0, num_threads=threads, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+          minloglevel=2)
+      break
+    except RuntimeError as e:
+      if "required_chars" in str(e) and coverage > 0.9:
+        continue
+      raise DataError(f"tokenizer for {who}: sentencepiece could not train {vocab_size} pieces "
+                      f"on {sum(map(len, lines)):,} characters ({e}). Fix: give the source more "
+                      "text or lower the vocab size.") from e
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
