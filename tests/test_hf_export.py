@@ -42,7 +42,8 @@ def lines():
 
 
 EXTRA_TEXTS = ["  leading,   repeated   and trailing spaces  ", "tab\there", "a\nb\r\nc", "",
-               " ", "ｆｕｌｌｗｉｄｔｈ ＡＢＣ ① ﬁ", "unicode é 漢字 😀 ñ", "x = {'a': [1, 2.5e-3]}"]
+               " ", "ｆｕｌｌｗｉｄｔｈ ＡＢＣ ① ﬁ", "unicode é 漢字 😀 ñ", "x = {'a': [1, 2.5e-3]}",
+               "literal <s> and </s> and <unk> and <0x41>"]
 
 
 def _train_spm(tmp, lines, model_type, vocab_size):
@@ -54,11 +55,24 @@ def _train_spm(tmp, lines, model_type, vocab_size):
   return prefix + ".model"
 
 
+def _docs(lines, n=10):
+  return ["\n".join(lines[i:i + n]) + "\n" for i in range(0, len(lines), n)]
+
+
 @pytest.fixture(scope="module")
 def spm_models(tmp_path_factory, lines):
   tmp = str(tmp_path_factory.mktemp("spm"))
+  # The settings dept_jax.data.tokenizers trains with: identity normalisation, whitespace kept,
+  # "\n" a user-defined piece, byte fallback; trained on multi-line documents.
+  project = os.path.join(tmp, "sp_project.model")
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(_docs(lines[:4000])), model_prefix=project[:-len(".model")],
+      model_type="unigram", vocab_size=400, byte_fallback=True,
+      normalization_rule_name="identity", remove_extra_whitespaces=False,
+      user_defined_symbols=["\n"], character_coverage=0.9995, max_sentence_length=16384,
+      unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
   return {"unigram": _train_spm(tmp, lines, "unigram", 320),
-          "bpe": _train_spm(tmp, lines, "bpe", 400)}
+          "bpe": _train_spm(tmp, lines, "bpe", 400), "project": project}
 
 
 def _cfg(tie=True, kv=0):
@@ -203,19 +217,28 @@ def test_logits_match_transformers(tmp_path, spm_models, lines, tie, kv, shard):
   diff = float(np.abs(theirs - ours).max())
   print(f"max |logit diff| tie={tie} kv={kv}: {diff:.2e} (logit scale {np.abs(ours).max():.1f})")
   assert diff < 1e-4
+  if not tie and kv == 2:  # our KV-cache greedy decoding == transformers' generate
+    from dept_jax import generate
+    prompt = tokens[0, :6].tolist()
+    ours_gen = generate.generate(body, embed, vocab, cfg, prompt, max_new_tokens=12,
+                                 temperature=0.0, eos_id=hf.config.eos_token_id)
+    with torch.no_grad():
+      hf_gen = hf.generate(torch.tensor([prompt]), max_new_tokens=12,
+                           do_sample=False)[0, len(prompt):].tolist()
+    assert ours_gen == hf_gen
 
 
 def _score(sp, ids):
   return sum(sp.get_score(i) for i in ids)
 
 
-@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "project"])
 def test_tokenizer_parity(tmp_path, spm_models, lines, kind):
   _, transformers = _hf()
   out, *_ = _export(str(tmp_path), spm_models[kind], _cfg())
   tok = transformers.AutoTokenizer.from_pretrained(out)
   sp = spm.SentencePieceProcessor(model_file=spm_models[kind])
-  texts = lines[4000:6000] + EXTRA_TEXTS
+  texts = (_docs(lines[4000:7000]) if kind == "project" else lines[4000:6000]) + EXTRA_TEXTS
   batch = tok(texts)["input_ids"]
   ties = 0
   for text, got in zip(texts, batch):
@@ -223,11 +246,12 @@ def test_tokenizer_parity(tmp_path, spm_models, lines, kind):
     if got != want:
       # Unigram only: sentencepiece sums scores in float32, tokenizers in float64, so two
       # segmentations with exactly equal scores can be broken differently. Anything else fails.
-      assert kind == "unigram", (text, want, got)
+      assert kind != "bpe", (text, want, got)
       assert sp.decode(got) == sp.decode(want), (text, want, got)
       assert abs(_score(sp, got) - _score(sp, want)) < 1e-5, (text, want, got)
       ties += 1
-  assert ties <= len(texts) // 500
+  print(f"{kind}: {ties} equal-score ties of {len(texts)} texts")
+  assert ties <= len(texts) // 100
   assert tok.bos_token_id == sp.bos_id() and tok.eos_token_id == sp.eos_id()
   assert tok.unk_token_id == sp.unk_id()
   text = "def f(x):\n    return x + 1  # comment"
