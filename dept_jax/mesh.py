@@ -5,7 +5,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dept_jax.config_lib import MESH_AXES
+from dept_jax.config_lib import MESH_AXES, ConfigError
 
 # Logical axis -> mesh axis. `source` stacks per-source state; batch rows spread over data+fsdp
 # inside one source's slice; weights shard over fsdp (embed dim) and tensor (heads, mlp, vocab).
@@ -26,9 +26,19 @@ LOGICAL_RULES = {
 def make_mesh(shape: dict, devices=None) -> Mesh:
   """Source slices are contiguous runs of devices: on a multi-slice pod (devices ordered slice by
   slice) each source then sits inside one slice and only the outer step crosses DCN."""
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  arr = devices.reshape([shape[a] for a in MESH_AXES])
+  devices = slice_major(devices if devices is not None else jax.devices())
+  n_slices = len({getattr(d, "slice_index", 0) or 0 for d in devices})
+  if n_slices > 1 and shape["source"] % n_slices:
+    raise ConfigError(f"config.mesh.source: {shape['source']} source slices cannot be laid over "
+                      f"{n_slices} TPU slices without a source spanning two of them (DCN inside "
+                      f"a local step). Fix: set mesh.source to a multiple of {n_slices}.")
+  arr = np.asarray(devices).reshape([shape[a] for a in MESH_AXES])
   return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def slice_major(devices) -> list:
+  """Devices grouped slice by slice (stable within a slice); one slice (or CPU/GPU) keeps order."""
+  return sorted(devices, key=lambda d: getattr(d, "slice_index", 0) or 0)
 
 
 def logical_to_spec(axes) -> P:
