@@ -24,7 +24,9 @@ class MetricsWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_rows_after(path, start_step)  # a resumed run rewrites the steps it replays
+    self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(logdir=workdir, flush_secs=10)
@@ -65,6 +67,18 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
     self._jsonl.close()
+
+
+def _drop_rows_after(path: str, step: int):
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
 
 
 def _plain(v):

@@ -52,13 +52,20 @@ def run_meta(exp) -> dict:
           "tokenizers": dict(exp.data.tokenizers), "config": json.loads(c.to_json())}
 
 
-def data_state(exp) -> dict:
-  return {"streams": [s.get_state() for s in exp.streams]}
+def data_state(exp, acc=None) -> dict:
+  """Host-side state saved beside the arrays: stream positions and the partial logging interval
+  (so a resumed run logs exactly the numbers an uninterrupted one would)."""
+  out = {"streams": [s.get_state() for s in exp.streams]}
+  if acc is not None:
+    out["log_accumulator"] = acc.get_state()
+  return out
 
 
-def set_data_state(exp, state: dict):
+def set_data_state(exp, state: dict, acc=None):
   for s, st in zip(exp.streams, state["streams"]):
     s.set_state(st)
+  if acc is not None and "log_accumulator" in state:
+    acc.set_state(state["log_accumulator"])
 
 
 def next_batch(exp, slot_sources):
@@ -107,9 +114,10 @@ def train(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- state: resume or init
   ckpt = Checkpointer(workdir, c.checkpoint)
+  acc = _Accumulator(exp.names)
   if ckpt.latest_step() is not None:
     step, state, dstate, _ = ckpt.restore(prog.abstract_state)
-    set_data_state(exp, dstate)
+    set_data_state(exp, dstate, acc)
     print(f"[dept_jax] resumed from step {step} ({ckpt.directory})", flush=True)
   else:
     state = prog.init(jax.random.key(c.seed))
@@ -120,7 +128,6 @@ def train(config, workdir: str) -> dict:
   batch_sh = prog.batch_shardings if jax.process_count() > 1 else None
   outer_compiled, outer_bytes = None, 0
   evaluator = evaluation.Evaluator(exp)
-  acc = _Accumulator(exp.names)
   timer = metrics_io.StepTimer()
   tokens_per_step = c.batch_size * c.seq_len * (exp.num_sources if std else prog.slots)
   summary = {}
@@ -131,7 +138,7 @@ def train(config, workdir: str) -> dict:
       slot_sources = exp.slot_sources(rnd)
       if not std and step % N == 0:
         state = prog.begin_round(state, slot_sources)
-      before = data_state(exp)
+      before = data_state(exp, acc)
       batch = to_device(next_batch(exp, slot_sources), batch_sh)
       state, m = prog.local_step(state, batch)
       m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
@@ -174,7 +181,7 @@ def train(config, workdir: str) -> dict:
       every = c.checkpoint.every
       if step == c.steps or (every and step % every == 0) or (
           at_round_end and c.checkpoint.at_round_end) or preempt.signal:
-        ckpt.save(step, state, data_state(exp), run_meta(exp))
+        ckpt.save(step, state, data_state(exp, acc), run_meta(exp))
       if preempt.signal:
         ckpt.close()
         writer.close()
@@ -241,6 +248,13 @@ class _Accumulator:
       return None
     losses = self.nll / np.maximum(self.tok, 1)
     return "loss " + " ".join(f"{x:.2f}" for x, t in zip(losses, self.tok) if t)
+
+  def get_state(self):
+    return {"nll": self.nll.tolist(), "tok": self.tok.tolist()}
+
+  def set_state(self, state):
+    self.nll[:] = state["nll"]
+    self.tok[:] = state["tok"]
 
   def flush(self):
     out = {}

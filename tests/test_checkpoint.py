@@ -1,0 +1,231 @@
+"""Checkpoints that always restore: bitwise resume after SIGKILL, SIGTERM saves and exits 0,
+another device count, interrupted and corrupted saves, non-finite losses."""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dept_jax import config_lib, experiment, model, train
+from dept_jax.checkpoint import Checkpointer, CheckpointError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = ["--config", "configs/tiny.py:spec", "--config.steps=40", "--config.local_steps=10",
+       "--config.checkpoint.every=5", "--config.checkpoint.keep=0", "--config.log.every=1",
+       "--config.log.progress=False", "--config.batch_size=4", "--config.seq_len=32"]
+DETERMINISTIC = ("train/", "eval/", "lr", "round", "comm/", "outer/", "skipped_updates")
+
+
+def launch(workdir, devices=8, extra=()):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  return subprocess.Popen([sys.executable, "-m", "dept_jax.main", *RUN, "--workdir", workdir,
+                           *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=300):
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+def metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  by_step = {}
+  for r in rows:
+    by_step.setdefault(r["step"], {}).update(
+        {k: v for k, v in r.items() if k.startswith(DETERMINISTIC)})
+  return by_step
+
+
+def wait_for_step(proc, workdir, step, timeout=240):
+  path = os.path.join(workdir, "metrics.jsonl")
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended early: {proc.stdout.read()}")
+    if os.path.exists(path):
+      with open(path) as f:
+        steps = [json.loads(l)["step"] for l in f if l.strip()]
+      if steps and max(steps) >= step:
+        return
+    time.sleep(0.05)
+  raise AssertionError("timed out waiting for training progress")
+
+
+def final_params(workdir, step=None):
+  _, state, got = experiment.load_run(workdir, step)
+  return got, jax.tree.map(np.asarray, jax.device_get(
+      {"global": state["global"], "slots": state["slots"]["params"]}))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One uninterrupted run that the interrupted ones must match."""
+  workdir = str(tmp_path_factory.mktemp("ref") / "run")
+  code, out = finish(launch(workdir))
+  assert code == 0, out
+  return workdir
+
+
+def test_sigkill_then_rerun_is_bitwise_identical(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = launch(workdir)
+  wait_for_step(proc, workdir, 17)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert Checkpointer(workdir, config_lib.base_config().checkpoint).latest_step() < 40
+  code, out = finish(launch(workdir))
+  assert code == 0 and "resumed from step" in out, out
+  assert metrics(workdir) == metrics(reference)
+  step_a, a = final_params(workdir)
+  step_b, b = final_params(reference)
+  assert step_a == step_b == 40
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_sigterm_saves_and_exits_zero(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = launch(workdir)
+  wait_for_step(proc, workdir, 12)
+  proc.send_signal(signal.SIGTERM)
+  code, out = finish(proc)
+  assert code == 0, out
+  assert "SIGTERM: stopped after step" in out
+  stopped = int(out.split("stopped after step ")[1].split(";")[0])
+  assert 12 <= stopped < 40
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped)))
+  code, out = finish(launch(workdir))
+  assert code == 0, out
+  assert metrics(workdir) == metrics(reference)
+
+
+def test_restore_on_fewer_devices_continues_with_the_same_loss(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  for step_dir in glob.glob(os.path.join(workdir, "checkpoints", "*")):
+    name = os.path.basename(step_dir)
+    if name.isdigit() and int(name) > 20:
+      shutil.rmtree(step_dir)
+  code, out = finish(launch(workdir, devices=4))  # source=4 x data=1 instead of 4 x 2
+  assert code == 0 and "resumed from step 20" in out, out
+  got, ref = metrics(workdir), metrics(reference)
+  assert sorted(got) == sorted(ref)
+  for step in range(21, 41):
+    for k, v in ref[step].items():
+      if k.startswith("train/"):
+        np.testing.assert_allclose(got[step][k], v, rtol=2e-4, err_msg=f"{k} at {step}")
+
+
+def test_interrupted_save_is_ignored(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  # What a kill during an async save leaves: a temporary folder with part of the files.
+  partial = os.path.join(ckpt_dir, "45.orbax-checkpoint-tmp-1234")
+  shutil.copytree(os.path.join(ckpt_dir, "40"), partial)
+  shutil.rmtree(os.path.join(partial, "state"))
+  assert Checkpointer(workdir, config_lib.base_config().checkpoint).latest_step() == 40
+  got, _ = final_params(workdir)
+  assert got == 40
+
+
+def corrupt_one_file(step_dir):
+  files = sorted(f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+                 if os.path.isfile(f) and os.path.getsize(f) > 64)
+  victim = max(files, key=os.path.getsize)
+  with open(victim, "r+b") as f:
+    f.seek(os.path.getsize(victim) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+  return victim
+
+
+def test_corrupted_checkpoint_is_named_and_fallback_works(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  victim = corrupt_one_file(os.path.join(workdir, "checkpoints", "40"))
+  with pytest.raises(CheckpointError) as e:
+    final_params(workdir)
+  msg = str(e.value)
+  assert "step 40" in msg and victim in msg and "checkpoint.fallback=True" in msg
+  c = config_lib.base_config().checkpoint
+  c.fallback = True
+  exp = experiment.setup(json_config(workdir), workdir)
+  got, state, _, _ = Checkpointer(workdir, c).restore(exp.program.abstract_state)
+  assert got == 35
+  _, ref_state = final_params(reference, 35)
+  np.testing.assert_array_equal(np.asarray(state["global"]["body"]["final_norm"]),
+                                ref_state["global"]["body"]["final_norm"])
+
+
+def json_config(workdir):
+  import ml_collections
+  with open(os.path.join(workdir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def nan_config(policy):
+  c = config_lib.base_config()
+  c.steps, c.local_steps, c.batch_size, c.seq_len = 12, 4, 4, 16
+  c.model.update(d_model=32, n_layers=1, n_heads=4, d_ff=64)
+  c.data.update(num_sources=4, vocab_size=64)
+  c.log.update(every=1, progress=False)
+  c.checkpoint.async_save = False
+  c.on_nonfinite = policy
+  return c
+
+
+@pytest.fixture
+def planted_nan(monkeypatch):
+  """An all-zeros row makes that source's loss NaN: planted at step 7 (1-based) in source2."""
+  real_loss = model.loss_fn
+
+  def loss_fn(params, batch, vocab_size, cfg):
+    loss, aux = real_loss(params, batch, vocab_size, cfg)
+    poisoned = jnp.all(batch["inputs"] == 0, axis=-1).any()
+    return jnp.where(poisoned, jnp.nan, loss), aux
+  monkeypatch.setattr(model, "loss_fn", loss_fn)
+  real_next = train.next_batch
+  calls = {"n": 0}
+
+  def next_batch(exp, slot_sources):
+    batch = real_next(exp, slot_sources)
+    calls["n"] += 1
+    if calls["n"] == 7:
+      batch["inputs"][2, 0, :] = 0
+    return batch
+  monkeypatch.setattr(train, "next_batch", next_batch)
+
+
+def test_nan_stops_with_step_round_source_and_saves_last_good(planted_nan, tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(train.NonFiniteLossError) as e:
+    train.train(nan_config("stop"), workdir)
+  msg = str(e.value)
+  assert "step 7 (round 1), source(s) source2" in msg
+  assert "last good state (step 6)" in msg
+  ckpt = Checkpointer(workdir, nan_config("stop").checkpoint)
+  assert ckpt.latest_step() == 6
+  exp = experiment.setup(nan_config("stop"), workdir)
+  _, state, data, _ = ckpt.restore(exp.program.abstract_state)
+  assert int(state["step"]) == 6
+  assert np.isfinite(np.asarray(state["slots"]["params"]["body"]["final_norm"])).all()
+  assert data["streams"][2]["position"] == 6 * 4  # the bad batch is not consumed
+
+
+def test_nan_skip_counts_and_continues(planted_nan, tmp_path):
+  workdir = str(tmp_path / "run")
+  summary = train.train(nan_config("skip"), workdir)
+  assert summary["skipped_updates"] == 1
+  assert all(np.isfinite(v) for k, v in summary.items() if k.startswith("train/"))
