@@ -7,8 +7,9 @@ epoch, repeated forever. The iterator's state (the next index) is the stream's w
 restored stream yields exactly the rows an uninterrupted one would have.
 
 Validation: held-out text, cut into chunks at line ends, packed the same way after a leading EOS
-(so the first real token is a target too), padded with -1. Each chunk's UTF-8 byte count rides on
-its last token, so the bytes of a row are the bytes of the text whose tokens it predicts.
+(so the first real token is a target too), padded with -1. Each chunk's UTF-8 byte count is spread
+over its tokens, so a row's bytes are (to within a chunk) those of the text its targets encode,
+and the sum over whole chunks is exact.
 """
 from __future__ import annotations
 
@@ -71,13 +72,9 @@ def eval_rows(chunks, eos: int, seq_len: int, max_rows: int):
       break
     t = np.concatenate([tokens, [eos]]).astype(np.int32) if ends_doc else tokens.astype(np.int32)
     w = np.zeros(len(t), np.float64)
-    if len(tokens):
-      w[len(tokens) - 1] = nbytes
-    if total + len(t) > limit:  # cut: keep the bytes of the part kept
-      keep = limit - total
-      w = np.zeros(keep, np.float64)
-      w[-1] = nbytes * min(keep, len(tokens)) / max(len(tokens), 1)
-      t = t[:keep]
+    w[:len(tokens)] = nbytes / max(len(tokens), 1)  # spread evenly: a cut chunk counts pro rata
+    if total + len(t) > limit:
+      t, w = t[:limit - total], w[:limit - total]
     toks.append(t)
     weights.append(w)
     total += len(t)
