@@ -115,15 +115,24 @@ def _tokenizer_paths(config, read, tokdir):
 
 
 def _eval_chunks(sp, val_texts, need_tokens):
-  """[(tokens, nbytes, ends_doc)] of validation chunks, encoded only as far as eval needs."""
-  out, have = [], 0
-  for text in val_texts:
-    pieces = pipeline.line_chunks(text)
-    for i, (piece, toks) in enumerate(zip(pieces, tokenizers.encode(sp, pieces))):
-      out.append((toks, len(piece.encode("utf-8")), i == len(pieces) - 1))
-      have += len(toks) + 1
-    if have >= need_tokens:
-      break
+  """[(tokens, nbytes, ends_segment)] of validation chunks, encoded only as far as eval needs.
+
+  Every held-out document gets a fair share of the eval tokens (its leading chunks, then EOS),
+  so a small eval set still spans all of them; shorter documents go first and pass on what
+  they leave unused."""
+  out, remaining = [], need_tokens
+  order = sorted(range(len(val_texts)), key=lambda i: (len(val_texts[i]), i))
+  for j, i in enumerate(order):
+    share, used = remaining / (len(order) - j), 0
+    pieces = pipeline.line_chunks(val_texts[i])
+    for n, piece in enumerate(pieces):
+      toks = np.asarray(sp.encode(piece), np.int32)
+      used += len(toks)
+      last = n == len(pieces) - 1 or used >= share
+      out.append((toks, len(piece.encode("utf-8")), last))
+      if last:
+        break
+    remaining -= used + 1
   return out
 
 
