@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=0.3,  # STD mixture: p_k proportional to n_k ** temperature
       eval_batches=4,
   ))
+  # Continued pre-training: start from a trained run's global body (fresh tables for this run's
+  # sources, e.g. a new language), optionally keeping the body frozen.
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", step=-1))
+  c.freeze_body = False
   c.on_nonfinite = "stop"  # stop: save the last good state and raise | skip: drop the update, count it
   c.eval = ml_collections.ConfigDict(dict(
       every=0,  # also evaluate the local models every E steps (0: only after each outer step)

@@ -218,8 +218,11 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
   def one_source_step(params, opt, inputs, targets, source_ids, vocab_size, lr):
     (loss, aux), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
         params, {"inputs": inputs, "targets": targets}, vocab_size, cfg)
+    if config.freeze_body:  # continued pre-training of a new table on a fixed body
+      grads = dict(grads, body=jax.tree.map(jnp.zeros_like, grads["body"]))
     updates, opt = tx.update(grads, opt, params)
-    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    params = dict(new_params, body=params["body"]) if config.freeze_body else new_params
     by_source = jax.nn.one_hot(source_ids, n_metric, dtype=jnp.float32)  # [B, K]
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "nll_by_source": aux["nll_per_row"] @ by_source,
@@ -272,7 +275,8 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
       pseudo["embed"] = jax.tree.map(lambda d: d[0], deltas, is_leaf=lambda x: isinstance(x, tuple))
       owned = jax.tree.map(lambda d: d[1], deltas, is_leaf=lambda x: isinstance(x, tuple))
     updates, outer_opt = outer_tx.update(pseudo, state["outer_opt"], glob)
-    new_global = {"body": optax.apply_updates(glob["body"], updates["body"])}
+    new_global = {"body": glob["body"] if config.freeze_body else
+                  optax.apply_updates(glob["body"], updates["body"])}
     if shared:
       # Rows no participating source owns stay exactly as they were.
       new_global["embed"] = jax.tree.map(

@@ -12,6 +12,7 @@ import sys
 from dept_jax import modes
 from dept_jax.checkpoint import CheckpointError
 from dept_jax.config_lib import ConfigError
+from dept_jax.hf_export import ExportError
 from dept_jax.train import NonFiniteLossError
 
 config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
@@ -42,7 +43,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
     modes.run(FLAGS.mode, FLAGS)
-  except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+  except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError,
+          ExportError) as e:
     # Expected failures get their message, not a traceback; the message names the fix.
     print(f"dept_jax: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

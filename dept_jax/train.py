@@ -121,6 +121,8 @@ def train(config, workdir: str) -> dict:
     print(f"[dept_jax] resumed from step {step} ({ckpt.directory})", flush=True)
   else:
     state = prog.init(jax.random.key(c.seed))
+    if c.init_from.workdir:
+      state = start_from_trained_body(exp, state, c.init_from.workdir, c.init_from.step)
   step = int(jax.device_get(state["step"]))
 
   writer = metrics_io.MetricsWriter(workdir, c.steps, step, tensorboard=c.log.tensorboard,
@@ -192,6 +194,31 @@ def train(config, workdir: str) -> dict:
   writer.close()
   evaluator.finish(workdir)
   return summary
+
+
+def start_from_trained_body(exp, state, parent_workdir: str, parent_step: int):
+  """Continued pre-training: the parent run's global body replaces the fresh one; this run's
+  tables (new sources, or a new global table) stay freshly initialised."""
+  from dept_jax.config_lib import ConfigError
+  _, parent, got = experiment.load_run(parent_workdir, None if parent_step < 0 else parent_step)
+  body = parent["global"]["body"]
+  mine = state["global"]["body"]
+  mismatch = [jax.tree_util.keystr(p) for (p, a), b in zip(
+      jax.tree_util.tree_flatten_with_path(body)[0], jax.tree.leaves(mine)) if a.shape != b.shape]
+  if mismatch or jax.tree.structure(body) != jax.tree.structure(mine):
+    raise ConfigError(f"config.model: the body of {parent_workdir} (step {got}) does not fit this "
+                      f"run's model ({', '.join(mismatch) or 'different layout'}). Fix: use the "
+                      "parent run's model settings.")
+  body = jax.device_put(jax.device_get(body), exp.program.state_shardings["global"]["body"])
+  print(f"[dept_jax] body initialised from {parent_workdir} step {got}", flush=True)
+  state = {**state, "global": dict(state["global"], body=body)}
+  slots = dict(state["slots"])
+  S = exp.program.slots
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (S,) + x.shape),
+                         jax.device_get(body))
+  slots["params"] = dict(slots["params"], body=jax.device_put(
+      stacked, exp.program.state_shardings["slots"]["params"]["body"]))
+  return dict(state, slots=slots)
 
 
 def _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer):

@@ -1,0 +1,80 @@
+"""From a trained run to one source's complete model: Hugging Face export and text generation.
+
+Which table a source's model uses follows the variant:
+  std, glob   the global table, global tokenizer
+  trim        the source's rows scattered back into the global table, global tokenizer
+  spec        the private table scattered into the global vocabulary (rows it never saw are zero)
+  spec_opt    the private table and the source's own tokenizer
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from dept_jax import dept, experiment, generate, hf_export
+from dept_jax.config_lib import ConfigError
+
+
+def source_model(exp, state, name: str):
+  """(body, embed, vocab_size, tokenizer_path) of one source, as host numpy pytrees."""
+  if name not in exp.names:
+    raise ConfigError(f"--source: unknown source '{name}'. This run's sources: "
+                      f"{', '.join(exp.names)}.")
+  k = exp.names.index(name)
+  variant = exp.config.variant
+  body, embed = dept.source_params(state, variant, exp.vocab, k, None)
+  body, embed = jax.tree.map(np.asarray, jax.device_get((body, embed)))
+  toks = exp.data.tokenizers
+  if variant == "spec_opt":
+    return body, embed, exp.vocab.sizes[k], toks.get(name)
+  G = exp.data.global_vocab_size
+  if variant in ("std", "glob"):
+    return body, jax.tree.map(lambda t: t[:G], embed), G, toks.get("global")
+  l2g = exp.data.local_to_global[k]
+  if variant == "trim":
+    base = jax.tree.map(np.asarray, jax.device_get(state["global"]["embed"]))
+  else:  # spec: no global table exists; rows this source never owned stay zero
+    base = jax.tree.map(lambda t: np.zeros((G,) + t.shape[1:], t.dtype), embed)
+  return body, hf_export.scatter_to_global(embed, l2g, base), G, toks.get("global")
+
+
+def _need_tokenizer(path, workdir):
+  if not path or not os.path.exists(path):
+    raise ConfigError(f"the run in {workdir} has no tokenizer for this source (synthetic data "
+                      "has none). Fix: export a run trained on text (e.g. configs/demo.py).")
+  return path
+
+
+def export(workdir: str, source: str, out: str, step: int | None = None,
+           overwrite: bool = False) -> dict:
+  exp, state, got = experiment.load_run(workdir, step)
+  body, embed, vocab_size, tok = source_model(exp, state, source)
+  eval_path = os.path.join(workdir, "eval.json")
+  evals = None
+  if os.path.exists(eval_path):
+    with open(eval_path) as f:
+      final = json.load(f)["final"]
+    evals = {k.split("/")[-1]: v for k, v in final.items() if k.startswith(f"eval/{source}/")}
+  info = hf_export.export_source(
+      out, body, embed, vocab_size, exp.config.model, _need_tokenizer(tok, workdir),
+      variant=exp.config.variant, source_name=source, sources=exp.names, eval_results=evals,
+      overwrite=overwrite, max_position_embeddings=max(2048, exp.config.seq_len))
+  print(f"[dept_jax] exported source '{source}' (step {got}, {info['num_params']:,} parameters) "
+        f"to {out}", flush=True)
+  return info
+
+
+def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_tokens=64,
+                  temperature=0.8, top_k=0, top_p=1.0, seed=0) -> str:
+  import sentencepiece as spm
+  exp, state, _ = experiment.load_run(workdir, step)
+  body, embed, vocab_size, tok = source_model(exp, state, source)
+  sp = spm.SentencePieceProcessor(model_file=_need_tokenizer(tok, workdir))
+  ids = sp.encode(prompt) or [sp.eos_id()]
+  new = generate.generate(body, embed, vocab_size, exp.config.model, ids,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, seed=seed, eos_id=sp.eos_id())
+  return prompt + sp.decode([t for t in new if t != sp.eos_id()])

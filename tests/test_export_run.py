@@ -1,0 +1,128 @@
+"""After training: eval, export to Hugging Face, generation and continued pre-training, through
+the same functions the command line calls."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from dept_jax import config_lib, experiment, export_run, model, modes, train
+from dept_jax.data.text import add_text_data, source
+from test_data_fixtures import write_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def text_config(root, variant="spec_opt", **kw):
+  c = config_lib.base_config()
+  c.variant = variant
+  c.steps, c.local_steps, c.batch_size, c.seq_len = 20, 10, 8, 32
+  c.model.update(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
+  c.optim.update(lr=1e-2, warmup_steps=4)
+  kinds = sorted(os.listdir(root))
+  add_text_data(c, {k: source(os.path.join(root, k)) for k in kinds})
+  c.data.vocab_size, c.data.source_vocab_size = 320, 310
+  c.data.tokenizer_train_bytes = 200_000
+  c.data.eval_batches = 2
+  c.log.update(every=5, progress=False)
+  c.checkpoint.async_save = False
+  c.update(kw)
+  return c
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  base = tmp_path_factory.mktemp("export")
+  root = write_tree(str(base / "data"), n_docs=8, words=800)
+  workdir = str(base / "run")
+  train.train(text_config(root), workdir)
+  return root, workdir
+
+
+def test_eval_mode_writes_eval_json(run):
+  _, workdir = run
+  out = modes.evaluate_run(workdir, None)
+  assert out["step"] == 20
+  with open(os.path.join(workdir, "eval.json")) as f:
+    saved = json.load(f)["final"]
+  for name in ("code", "cyrillic", "latin"):
+    bpb = saved[f"eval/{name}/bits_per_byte"]
+    assert 0 < bpb < 8 and saved[f"eval/{name}/perplexity"] > 1
+
+
+def test_export_loads_in_transformers_with_the_same_logits_and_ids(run, tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  _, workdir = run
+  out = str(tmp_path / "hf")
+  export_run.export(workdir, "cyrillic", out)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  exp, state, _ = experiment.load_run(workdir)
+  body, embed, vocab, tok_path = export_run.source_model(exp, state, "cyrillic")
+  sp = spm.SentencePieceProcessor(model_file=tok_path)
+  text = "кало мине руто\nпобе дагожи"
+  ids = sp.encode(text)
+  assert tok(text, add_special_tokens=False)["input_ids"] == ids
+  ours = np.asarray(model.forward(body, embed, np.asarray([ids]), vocab, exp.config.model))
+  with torch.no_grad():
+    theirs = hf(torch.tensor([ids])).logits.numpy()
+  assert theirs.shape == (1, len(ids), vocab)
+  np.testing.assert_allclose(theirs, ours[..., :vocab], atol=1e-4)
+  with open(os.path.join(out, "README.md")) as f:
+    card = f.read()
+  assert "spec_opt" in card and "latin" in card and "bits_per_byte" in card
+
+
+def test_export_errors(run, tmp_path):
+  _, workdir = run
+  with pytest.raises(config_lib.ConfigError, match="unknown source 'greek'.*code, cyrillic, latin"):
+    export_run.export(workdir, "greek", str(tmp_path / "x"))
+  out = str(tmp_path / "hf")
+  export_run.export(workdir, "latin", out)
+  with pytest.raises(FileExistsError, match="already holds a model"):
+    export_run.export(workdir, "latin", out)
+  export_run.export(workdir, "latin", out, overwrite=True)
+  with pytest.raises(FileNotFoundError, match="not a dept_jax run directory"):
+    export_run.export(str(tmp_path / "nothing"), "latin", out)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-m", "dept_jax.main", "--mode=export", "--workdir",
+                         workdir, "--source", "latin", "--out", out], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "already holds a model" in proc.stderr, proc.stderr[-2000:]
+  empty = str(tmp_path / "empty")
+  os.makedirs(empty)
+  with open(os.path.join(workdir, "config.json")) as f, open(os.path.join(empty, "config.json"),
+                                                               "w") as g:
+    g.write(f.read())
+  with pytest.raises(Exception, match="no checkpoint in"):
+    export_run.export(empty, "latin", str(tmp_path / "y"))
+
+
+def test_generate_is_reproducible(run):
+  _, workdir = run
+  a = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=12, seed=3)
+  b = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=12, seed=3)
+  assert a == b and a.startswith("kalo") and len(a) > len("kalo")
+
+
+def test_continued_pretraining_with_frozen_body(run, tmp_path):
+  root, parent = run
+  new_root = write_tree(str(tmp_path / "new"), kinds=("code",), n_docs=8, words=800)
+  os.rename(os.path.join(new_root, "code"), os.path.join(new_root, "newlang"))
+  c = text_config(new_root, **{"freeze_body": True})
+  c.init_from.workdir = parent
+  workdir = str(tmp_path / "cont")
+  train.train(c, workdir)
+  _, parent_state, _ = experiment.load_run(parent)
+  _, state, _ = experiment.load_run(workdir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["global"]["body"]),
+               jax.device_get(parent_state["global"]["body"]))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  losses = [r["train/newlang/loss"] for r in rows if "train/newlang/loss" in r]
+  assert losses[-1] < losses[0] - 0.3
