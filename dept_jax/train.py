@@ -200,8 +200,9 @@ def start_from_trained_body(exp, state, parent_workdir: str, parent_step: int):
   """Continued pre-training: the parent run's global body replaces the fresh one; this run's
   tables (new sources, or a new global table) stay freshly initialised."""
   from dept_jax.config_lib import ConfigError
-  _, parent, got = experiment.load_run(parent_workdir, None if parent_step < 0 else parent_step)
-  body = parent["global"]["body"]
+  pexp, parent, got = experiment.load_run(parent_workdir,
+                                         None if parent_step < 0 else parent_step)
+  body, _ = dept.source_params(parent, pexp.config.variant, pexp.vocab, 0, None)  # STD: its model
   mine = state["global"]["body"]
   mismatch = [jax.tree_util.keystr(p) for (p, a), b in zip(
       jax.tree_util.tree_flatten_with_path(body)[0], jax.tree.leaves(mine)) if a.shape != b.shape]

@@ -126,3 +126,23 @@ def test_continued_pretraining_with_frozen_body(run, tmp_path):
     rows = [json.loads(l) for l in f]
   losses = [r["train/newlang/loss"] for r in rows if "train/newlang/loss" in r]
   assert losses[-1] < losses[0] - 0.3
+
+
+def test_spec_global_phase_gives_one_model_for_every_source(run, tmp_path):
+  from dept_jax.continued import global_phase_config
+  _, parent = run
+  c = global_phase_config(parent)
+  assert c.variant == "std" and c.steps == 10 and c.init_from.workdir == parent
+  c.log.progress = False
+  workdir = str(tmp_path / "global")
+  train.train(c, workdir)
+  exp, state, _ = experiment.load_run(workdir)
+  _, parent_state, _ = experiment.load_run(parent)
+  assert exp.data.tokenizers["global"].endswith("global.model")
+  a = export_run.source_model(exp, state, "latin")
+  b = export_run.source_model(exp, state, "code")
+  np.testing.assert_array_equal(a[1]["table"], b[1]["table"])  # one table for all sources
+  assert a[2] == c.data.vocab_size
+  # The body started from the parent's and moved (it is not frozen here).
+  p = np.asarray(jax.device_get(parent_state["global"]["body"]["final_norm"]))
+  assert not np.array_equal(a[0]["final_norm"], p)
