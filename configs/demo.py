@@ -5,9 +5,11 @@ WORKDIR/tokenizers/ on first run (nothing is downloaded).
 
   python -m dept_jax.main --config configs/demo.py --workdir runs/demo
 
-On a 2-core CPU it takes about 8 minutes, tokenizers included. Expect the console and
-metrics.jsonl to show every source's eval/<source>/loss and eval/<source>/bits_per_byte falling
-at each eval (bits per byte from ~5-6 at the start to well under 3 at the end).
+On a 2-core CPU it takes about 6-7 minutes, tokenizers included (6m30s measured with six sources,
+on a shared, loaded machine). Expect the console and metrics.jsonl to show every source's
+eval/<source>/loss and eval/<source>/bits_per_byte falling at each eval (every 50 steps): measured
+bits per byte went from 2.8-4.7 at step 50 to 2.1-3.4 at step 300 (prose 2.87 -> 2.40, python
+4.31 -> 3.24, msg_ja 2.84 -> 2.14).
 Other variants: --config.variant=trim (one global tokenizer, trimmed per source).
 """
 from dept_jax.config_lib import base_config
@@ -33,6 +35,6 @@ def get_config(arg: str = ""):
   c.data.vocab_size = 2048
   c.data.source_vocab_size = 1024
   c.data.tokenizer_train_bytes = 500_000
-  c.data.eval_batches = 4
+  c.data.eval_batches = 8  # 8 x 8 x 128 tokens per source: cheap next to a round
   c.log.every = 25
   return c
