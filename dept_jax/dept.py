@@ -112,7 +112,6 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
   shared = variant in SHARED_TABLE_VARIANTS
   uses_bank = (not shared) and variant != "std" and S < K
   rows = vocab.rows
-  sizes = jnp.asarray(vocab.sizes, jnp.int32)
   G = vocab.global_size
   # Padding ids (-1) become G: out of range, so take() fills zeros and scatters drop them
   # (a negative index would wrap around to the last global row).
