@@ -77,6 +77,9 @@ def main():
     if not args.skip_train:
       train_tps["tiny"] = bench_train("configs/tiny.py", "spec", args.train_steps,
                                       os.path.join(tmp, "tiny"))
+      # Reuse the tokenizers trained above: this measures training, not tokenizer training.
+      shutil.copytree(os.path.join(tmp, "demo_data", "tokenizers"),
+                      os.path.join(tmp, "demo", "tokenizers"))
       train_tps["demo"] = bench_train("configs/demo.py", None, args.train_steps,
                                       os.path.join(tmp, "demo"))
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
