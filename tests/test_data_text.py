@@ -202,3 +202,16 @@ def test_folders_config_makes_one_source_per_subfolder(tree):
 def test_folders_config_on_a_missing_folder(tmp_path):
   with pytest.raises(DataError, match="is not a folder"):
     _folders(str(tmp_path / "nope"))
+
+
+def test_two_hosts_read_disjoint_windows(spec_opt_run):
+  c, wd, _ = spec_opt_run
+  seen = []
+  for index in (0, 1):
+    c.data.shard_index, c.data.shard_count = index, 2
+    s = build_data(c, wd).streams[0]
+    seen.append({tuple(r) for r in s.next_rows(len(range(index, s.windows, 2)))})
+  c.data.shard_index, c.data.shard_count = -1, -1
+  full = build_data(c, wd).streams[0]
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == {tuple(r) for r in full.next_rows(full.windows)}

@@ -24,6 +24,13 @@ class DataError(ConfigError):
   """Input that cannot become a source; the message names the source and the fix."""
 
 
+def say(msg: str):
+  """A console line, as the trainer prints them (first host only)."""
+  import jax
+  if jax.process_index() == 0:
+    print(f"[dept_jax] {msg}", flush=True)
+
+
 def fail(name: str, problem: str, fix: str):
   raise DataError(f"source '{name}': {problem}. Fix: {fix}.")
 

@@ -22,7 +22,7 @@ from absl import logging
 
 from dept_jax.data import corpus, pipeline, sources, tokenizers
 from dept_jax.data.base import DataBundle, temperature_probs
-from dept_jax.data.sources import DataError
+from dept_jax.data.sources import DataError, say
 
 
 def source(path: str, format: str = "auto", field: str = "text", weight: float = 1.0,
@@ -162,9 +162,9 @@ def build(config, workdir: str | None) -> DataBundle:
     rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L, eval_rows_max)
     raw.append((name, spec, stream, (rows[index::count], row_bytes[index::count])))
     n_bytes = sum(len(t.encode("utf-8")) for t in train)
-    logging.info("source '%s': %d train docs, %.2f MB, %d tokens (%.2f bytes/token), %d val docs",
-                 name, len(train), n_bytes / 1e6, len(stream), n_bytes / max(len(stream), 1),
-                 len(spec["_val"]))
+    say(f"source '{name}': {len(train)} train docs, {n_bytes / 1e6:.2f} MB, {len(stream):,} "
+        f"tokens ({n_bytes / max(len(stream), 1):.2f} bytes/token), {len(spec['_val'])} "
+        "held-out docs")
 
   def make(name, spec, stream, ev, vocab, id_map=None, weighted=False):
     n = len(stream) * (spec.get("weight", 1.0) if weighted else 1.0)
@@ -188,7 +188,7 @@ def build(config, workdir: str | None) -> DataBundle:
   for k, ((n, s, st, ev), ids) in enumerate(zip(raw, owned)):
     l2g[k, :len(ids)] = ids
     streams.append(make(n, s, st, ev, len(ids), id_map=global_to_local(ids, G, sps[n].unk_id())))
-    logging.info("source '%s': trimmed vocabulary %d of %d global ids", n, len(ids), G)
+    say(f"source '{n}': trimmed vocabulary {len(ids)} of {G} global ids")
   return DataBundle(streams, G, l2g, tok_paths, global_streams)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 
 import numpy as np
 import sentencepiece as spm
 
-from dept_jax.data.sources import DataError
+from dept_jax.data.sources import DataError, say
 
 MIN_VOCAB = 300  # 256 byte pieces + specials + a few real pieces
 
@@ -37,6 +38,7 @@ def train(lines: list[str], path: str, vocab_size: int, who: str, threads: int =
   if vocab_size < MIN_VOCAB:
     raise DataError(f"tokenizer for {who}: vocab size {vocab_size} is below {MIN_VOCAB} "
                     "(256 byte-fallback pieces plus specials). Fix: raise the vocab size.")
+  start = time.perf_counter()
   # Scripts with thousands of characters (CJK) need more pieces than the vocabulary has at full
   # coverage; with byte fallback, rarer characters can safely be left to bytes.
   for coverage in (0.9995, 0.995, 0.98, 0.95, 0.9):
@@ -61,6 +63,8 @@ def train(lines: list[str], path: str, vocab_size: int, who: str, threads: int =
   with open(tmp, "wb") as f:
     f.write(model.getvalue())
   os.replace(tmp, path)
+  say(f"trained tokenizer {path}: {vocab_size} pieces on {sum(map(len, lines)) / 1e6:.2f} M "
+      f"characters in {time.perf_counter() - start:.1f} s")
   return path
 
 
