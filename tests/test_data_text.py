@@ -215,3 +215,16 @@ def test_two_hosts_read_disjoint_windows(spec_opt_run):
   full = build_data(c, wd).streams[0]
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == {tuple(r) for r in full.next_rows(full.windows)}
+
+
+def test_eval_text_spans_all_held_out_docs_and_counts_their_bytes(spec_opt_run):
+  _, _, bundle = spec_opt_run
+  sp = tokenizers.load(bundle.tokenizers["latin"], 320, "latin", "x")
+  val = make_docs("latin", 10, 600, seed=5)
+  whole = text._eval_chunks(sp, val, 10**9, seed=0)  # budget beyond the text: everything, exactly
+  assert sum(nb for _, nb, _ in whole) == sum(len(v.encode("utf-8")) for v in val)
+  assert sum(last for _, _, last in whole) == 10
+  few = text._eval_chunks(sp, val, 10 * 100, seed=0)  # 100 tokens each: a part of every doc
+  assert sum(last for _, _, last in few) == 10
+  assert sum(len(t) + 1 for t, _, _ in few) == pytest.approx(1000, abs=12)
+  assert text._eval_chunks(sp, val, 1000, seed=0)[0][1] == few[0][1]  # deterministic

@@ -114,7 +114,7 @@ def _read_jsonl(name, path, field, counter, out, budget):
         return
 
 
-def _read_parquet(name, path, field, out, budget):
+def _read_parquet(name, path, field, counter, out, budget):
   import pyarrow.parquet as pq
   pf = pq.ParquetFile(path)
   if field not in pf.schema_arrow.names:
@@ -123,7 +123,7 @@ def _read_parquet(name, path, field, out, budget):
   for batch in pf.iter_batches(columns=[field], batch_size=1024):
     for text in batch.column(0).to_pylist():
       if text is not None and not budget(out, text if isinstance(text, str) else
-                                          bytes(text).decode("utf-8", "replace")):
+                                          counter.decode(bytes(text))):
         return
 
 
@@ -177,7 +177,7 @@ def read_documents(name: str, spec) -> Documents:
       if kind == "jsonl":
         _read_jsonl(name, path, field, counter, out, budget)
       elif kind == "parquet":
-        _read_parquet(name, path, field, out, budget)
+        _read_parquet(name, path, field, counter, out, budget)
       else:
         with open(path, "rb") as f:
           raw = f.read()

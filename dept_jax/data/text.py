@@ -114,24 +114,30 @@ def _tokenizer_paths(config, read, tokdir):
   return {name: sp for name, _, _ in read}, {"global": path}
 
 
-def _eval_chunks(sp, val_texts, need_tokens):
-  """[(tokens, nbytes, ends_segment)] of validation chunks, encoded only as far as eval needs.
+def _eval_chunks(sp, val_texts, need_tokens, seed, min_share=64):
+  """[(tokens, nbytes, ends_segment)] of validation text, encoded only as far as eval needs.
 
-  Every held-out document gets a fair share of the eval tokens (its leading chunks, then EOS),
-  so a small eval set still spans all of them; shorter documents go first and pass on what
-  they leave unused."""
+  Held-out documents, in an order drawn from the seed, each get a fair share of the eval tokens
+  (their leading part, then EOS); a short document passes on what it leaves unused. So a small
+  eval set still spans many documents instead of the first few."""
   out, remaining = [], need_tokens
-  order = sorted(range(len(val_texts)), key=lambda i: (len(val_texts[i]), i))
+  order = np.random.default_rng([seed, 11]).permutation(len(val_texts))
   for j, i in enumerate(order):
-    share, used = remaining / (len(order) - j), 0
+    if remaining <= 0:
+      break
+    share, used = max(min_share, remaining / (len(order) - j)), 0
     pieces = pipeline.line_chunks(val_texts[i])
     for n, piece in enumerate(pieces):
       toks = np.asarray(sp.encode(piece), np.int32)
-      used += len(toks)
-      last = n == len(pieces) - 1 or used >= share
-      out.append((toks, len(piece.encode("utf-8")), last))
-      if last:
+      if used + len(toks) >= share:  # this piece ends the document's share
+        k = max(1, int(share - used))
+        nbytes = (len(piece.encode("utf-8")) if k >= len(toks)
+                  else len(sp.decode(toks[:k].tolist()).encode("utf-8")))
+        out.append((toks[:k], nbytes, True))
+        used += min(k, len(toks))
         break
+      out.append((toks, len(piece.encode("utf-8")), n == len(pieces) - 1))
+      used += len(toks)
     remaining -= used + 1
   return out
 
@@ -158,7 +164,7 @@ def build(config, workdir: str | None) -> DataBundle:
   for name, spec, train in read:
     sp = sps[name]
     stream = pipeline.pack_stream(tokenizers.encode(sp, train), sp.eos_id())
-    chunks = _eval_chunks(sp, spec["_val"], eval_rows_max * L + 1)
+    chunks = _eval_chunks(sp, spec["_val"], eval_rows_max * L + 1, config.seed)
     rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L, eval_rows_max)
     raw.append((name, spec, stream, (rows[index::count], row_bytes[index::count])))
     n_bytes = sum(len(t.encode("utf-8")) for t in train)
