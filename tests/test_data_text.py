@@ -228,3 +228,18 @@ def test_eval_text_spans_all_held_out_docs_and_counts_their_bytes(spec_opt_run):
   assert sum(last for _, _, last in few) == 10
   assert sum(len(t) + 1 for t, _, _ in few) == pytest.approx(1000, abs=12)
   assert text._eval_chunks(sp, val, 1000, seed=0)[0][1] == few[0][1]  # deterministic
+
+
+def test_trim_min_count_drops_rare_ids_to_unk(tree, tmp_path):
+  named = {k: text.source(os.path.join(tree, k)) for k in ("code", "latin")}
+  full = build_data(_config(named, variant="spec"), str(tmp_path))
+  rare = build_data(_config(named, variant="spec", min_count=200), str(tmp_path))
+  for a, b, l2g in zip(full.streams, rare.streams, rare.local_to_global):
+    assert b.vocab_size < a.vocab_size
+    unk_local = int(np.searchsorted(l2g[:b.vocab_size], 0))
+    assert l2g[unk_local] == 0  # <unk> is always owned
+    glob_ids = b.stream[:4096]  # a stream keeps global ids; id_map gives what it emits
+    local = b.id_map[glob_ids]
+    kept = np.isin(glob_ids, l2g[:b.vocab_size])
+    assert (~kept).any() and kept.any()
+    assert (local[~kept] == unk_local).all() and (l2g[local[kept]] == glob_ids[kept]).all()

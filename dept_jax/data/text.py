@@ -90,6 +90,9 @@ def _tokenizer_paths(config, read, tokdir):
   """{name: SentencePieceProcessor} for every source (spec_opt: its own; else the global one)."""
   d = config.data
   if config.variant == "spec_opt":
+    if d.get("tokenizer"):
+      raise DataError("config.data.tokenizer is the global tokenizer, and spec_opt has none. Fix: "
+                      "set config.data.sources.<name>.tokenizer per source, or clear it.")
     return {name: tokenizers.obtain(
         os.path.join(tokdir, f"{name}.model"), spec.get("tokenizer", ""),
         lambda train=train: tokenizers.sample_lines(train, d.tokenizer_train_bytes),
