@@ -12,12 +12,7 @@ from dept_jax.config_lib import ConfigError
 
 def cfg(**kw):
   c = config_lib.base_config()
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(kw)
   return c
 
 

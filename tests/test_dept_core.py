@@ -16,12 +16,7 @@ def tiny_config(variant="spec", **overrides):
   c.steps, c.local_steps, c.batch_size, c.seq_len = 20, 5, 4, 16
   c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64)
   c.data.update(num_sources=4, vocab_size=64, source_vocab_size=48)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(overrides)
   return c
 
 
