@@ -5,11 +5,11 @@ WORKDIR/tokenizers/ on first run (nothing is downloaded).
 
   python -m dept_jax.main --config configs/demo.py --workdir runs/demo
 
-On a 2-core CPU it takes about 6-7 minutes, tokenizers included (6m30s measured with six sources,
-on a shared, loaded machine). Expect the console and metrics.jsonl to show every source's
-eval/<source>/loss and eval/<source>/bits_per_byte falling at each eval (every 50 steps): measured
-bits per byte went from 2.8-4.7 at step 50 to 2.1-3.4 at step 300 (prose 2.87 -> 2.40, python
-4.31 -> 3.24, msg_ja 2.84 -> 2.14).
+On a 2-core CPU it takes about 6 minutes, tokenizers included (6m15s measured with six sources,
+on a shared machine at load average ~4). Expect the console and metrics.jsonl to show every
+source's eval/<source>/loss and eval/<source>/bits_per_byte falling at each eval (every 50 steps):
+measured bits per byte went from 3.0-4.4 at step 50 to 2.3-3.35 at step 400 (prose 3.38 -> 2.76,
+python 4.40 -> 3.35, c_headers 3.96 -> 2.81, msg_ja 3.00 -> 2.30).
 Other variants: --config.variant=trim (one global tokenizer, trimmed per source).
 """
 from dept_jax.config_lib import base_config
@@ -22,7 +22,7 @@ SOURCES = ("prose", "python", "c_headers", "licences", "msg_de", "msg_ja")
 def get_config(arg: str = ""):
   c = base_config()
   c.variant = arg or "spec_opt"
-  c.steps = 300
+  c.steps = 400
   c.local_steps = 50
   c.batch_size = 8
   c.seq_len = 128
