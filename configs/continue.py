@@ -7,13 +7,8 @@ PARENT's global body and trains too, unless --config.freeze_body=True.
 Expect eval/<new source>/bits_per_byte to fall faster than from a random body (the paper, Fig. 3:
 DEPT bodies adapt faster than STD ones); compare by running the same with an STD parent.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from dept_jax.continued import new_source_config  # noqa: E402
-from folders import folder_sources  # noqa: E402
+from dept_jax.continued import new_source_config
+from dept_jax.data.text import folder_sources
 
 
 def get_config(arg: str = ""):

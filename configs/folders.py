@@ -11,27 +11,8 @@ from the command line: --config.data.sources.<name>.weight=2 (STD sampling weigh
 Expect every source's eval/<name>/bits_per_byte to fall; give each source at least a few hundred
 KB of text (and more than one file: validation is held out by whole documents).
 """
-import os
-import re
-
 from dept_jax.config_lib import base_config
-from dept_jax.data.text import add_text_data, source
-
-
-def folder_sources(root: str) -> dict:
-  """{name: source} for the subfolders of root, names made safe for --config overrides."""
-  root = os.path.expanduser(root)
-  if not os.path.isdir(root):
-    from dept_jax.data.sources import DataError
-    raise DataError(f"configs/folders.py: '{root}' is not a folder. Fix: pass a folder whose "
-                    "subfolders are the sources, as --config configs/folders.py:/path/to/DIR.")
-  subs = sorted(e for e in os.listdir(root)
-                if os.path.isdir(os.path.join(root, e)) and not e.startswith("."))
-  if not subs:
-    from dept_jax.data.sources import DataError
-    raise DataError(f"configs/folders.py: '{root}' has no subfolders. Fix: put each source's "
-                    "files in a subfolder of its own (DIR/<source>/...).")
-  return {re.sub(r"\W", "_", s): source(os.path.join(root, s)) for s in subs}
+from dept_jax.data.text import add_text_data, folder_sources
 
 
 def get_config(arg: str = ""):

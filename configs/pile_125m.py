@@ -1,18 +1,21 @@
 """The paper's 125M DEPT preset on The Pile: 16 domains as 16 sources, GPT-NeoX-sized vocabulary.
 
-  python -m dept_jax.main --config configs/pile_125m.py:spec --workdir gs://BUCKET/runs/pile125m_spec \
-      --config.data.root=/path/to/pile_by_domain
+  python -m dept_jax.main --config configs/pile_125m.py:spec,/path/to/pile_by_domain \
+      --workdir gs://BUCKET/runs/pile125m_spec
   # check the memory before renting: python -m dept_jax.main --mode=compile --config configs/pile_125m.py
 
 width 768, 12 blocks, 12 heads, seq 2048, global batch 256 (16 per source), peak lr 6e-4,
 5,000 local steps in 10 rounds of 500. The paper reports DEPT's best variant ~15% lower perplexity
 than STD after continued pre-training (at 350M); this preset is for reproducing the direction.
-`data.root` is a folder with one subfolder of text per Pile domain (Ubuntu IRC held out).
+DATA_ROOT is a folder with one subfolder of text per Pile domain (Ubuntu IRC held out).
 """
 from dept_jax.config_lib import base_config
+from dept_jax.data.text import add_text_data, folder_sources
 
 
-def get_config(variant: str = "spec"):
+def get_config(arg: str = "spec"):
+  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source)."""
+  variant, _, root = (arg or "spec").partition(",")
   c = base_config()
   c.variant = variant or "spec"
   c.steps, c.local_steps = 5000, 500
@@ -21,7 +24,9 @@ def get_config(variant: str = "spec"):
                  remat="dots_no_batch", init_std=0.02)
   c.optim.update(lr=6e-4, warmup_steps=100)
   c.data.update(num_sources=16, vocab_size=50257, source_vocab_size=50257)
-  c.data.kind = "text"
+  add_text_data(c, folder_sources(root) if root else {})
+  if not root:  # shapes only (--mode=compile, tests); training asks for the data root
+    c.data.num_sources = 16
   c.log.every = 50
   c.checkpoint.every = 250
   return c

@@ -206,14 +206,20 @@ def test_folders_config_on_a_missing_folder(tmp_path):
 
 def test_two_hosts_read_disjoint_windows(spec_opt_run):
   c, wd, _ = spec_opt_run
-  seen = []
+  seen, evals = [], []
   for index in (0, 1):
     c.data.shard_index, c.data.shard_count = index, 2
     s = build_data(c, wd).streams[0]
     seen.append({tuple(r) for r in s.next_rows(len(range(index, s.windows, 2)))})
+    evals.append(s.eval_batches())
   c.data.shard_index, c.data.shard_count = -1, -1
   full = build_data(c, wd).streams[0]
   assert not seen[0] & seen[1]
+  # Eval is not sharded: every host scores the same held-out rows (jit inputs must agree).
+  assert len(evals[0]) == len(evals[1]) > 0
+  for a, b in zip(*evals):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    assert a["bytes"] == b["bytes"]
   assert seen[0] | seen[1] == {tuple(r) for r in full.next_rows(full.windows)}
 
 

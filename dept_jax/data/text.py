@@ -13,6 +13,7 @@ a sample of all sources weighted like STD's mixture. An existing file is reused;
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import jax
@@ -34,6 +35,21 @@ def source(path: str, format: str = "auto", field: str = "text", weight: float =
   return ml_collections.ConfigDict(dict(
       path=path, format=format, field=field, weight=float(weight), tokenizer=tokenizer,
       split=split, data_dir=data_dir, max_bytes=int(max_bytes)))
+
+
+def folder_sources(root: str) -> dict:
+  """{name: source} for the subfolders of root (each one source), names made safe for
+  --config.data.sources.<name> overrides."""
+  root = os.path.expanduser(root)
+  if not os.path.isdir(root):
+    raise DataError(f"'{root}' is not a folder. Fix: pass a folder whose "
+                    "subfolders are the sources, as --config configs/folders.py:/path/to/DIR.")
+  subs = sorted(e for e in os.listdir(root)
+                if os.path.isdir(os.path.join(root, e)) and not e.startswith("."))
+  if not subs:
+    raise DataError(f"'{root}' has no subfolders. Fix: put each source's "
+                    "files in a subfolder of its own (DIR/<source>/...).")
+  return {re.sub(r"\W", "_", s): source(os.path.join(root, s)) for s in subs}
 
 
 def text_data_config() -> dict:
@@ -162,14 +178,16 @@ def build(config, workdir: str | None) -> DataBundle:
     spec["_val"] = val
   sps, tok_paths = _tokenizer_paths(config, read, tokdir)
 
-  eval_rows_max = d.eval_batches * config.batch_size * count
+  # Every host evaluates the same held-out rows: eval inputs enter jit as host arrays, which JAX
+  # takes to be identical on all processes (and eval is small next to training).
+  eval_rows_max = d.eval_batches * config.batch_size
   raw = []  # per source: (name, spec, stream in tokenizer ids, eval rows/bytes for this host)
   for name, spec, train in read:
     sp = sps[name]
     stream = pipeline.pack_stream(tokenizers.encode(sp, train), sp.eos_id())
     chunks = _eval_chunks(sp, spec["_val"], eval_rows_max * L + 1, config.seed)
     rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L, eval_rows_max)
-    raw.append((name, spec, stream, (rows[index::count], row_bytes[index::count])))
+    raw.append((name, spec, stream, (rows, row_bytes)))
     n_bytes = sum(len(t.encode("utf-8")) for t in train)
     say(f"source '{name}': {len(train)} train docs, {n_bytes / 1e6:.2f} MB, {len(stream):,} "
         f"tokens ({n_bytes / max(len(stream), 1):.2f} bytes/token), {len(spec['_val'])} "
