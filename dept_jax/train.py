@@ -275,7 +275,7 @@ class _Accumulator:
     if not self.tok.any():
       return None
     losses = self.nll / np.maximum(self.tok, 1)
-    return "loss " + " ".join(f"{x:.2f}" for x, t in zip(losses, self.tok) if t)
+    return " ".join(f"{n[:8]} {x:.2f}" for n, x, t in zip(self.names, losses, self.tok) if t)
 
   def get_state(self):
     return {"nll": self.nll.tolist(), "tok": self.tok.tolist()}
