@@ -63,6 +63,16 @@ run() {
   fi
 }
 
+# As run, but the command goes to the background (printed first, in order); `wait` for it.
+run_bg() {
+  local line="+" a
+  for a in "$@"; do line+=" $(quote "$a")"; done
+  echo "$line &"
+  if [[ "$DRY_RUN" == 0 ]]; then
+    "$@" &
+  fi
+}
+
 gcloud_common() {
   local args=(--zone="$ZONE")
   [[ -n "$PROJECT" ]] && args+=(--project="$PROJECT")

@@ -16,7 +16,7 @@ fi
 for node in $(nodes); do
   # Background ssh per node so all slices start together; each reaches every worker of its node.
   if [[ "$SLICES" -gt 1 ]]; then
-    run gcloud compute tpus tpu-vm ssh "$node" "${G[@]}" --worker=all --command="$CMD" &
+    run_bg gcloud compute tpus tpu-vm ssh "$node" "${G[@]}" --worker=all --command="$CMD"
   else
     run gcloud compute tpus tpu-vm ssh "$node" "${G[@]}" --worker=all --command="$CMD"
   fi

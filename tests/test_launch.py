@@ -22,7 +22,7 @@ def dry(script, *args):
 
 
 def commands(text):
-  return [line[2:] for line in text.splitlines() if line.startswith("+ ")]
+  return [line[2:].removesuffix(" &") for line in text.splitlines() if line.startswith("+ ")]
 
 
 def test_create_tpu_vm_and_queued_resource():
