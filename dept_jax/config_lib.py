@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, n_layers=2, n_heads=4, n_kv_heads=0, d_ff=172, rope_theta=10000.0,
       norm_eps=1e-5, tie_embeddings=True, init_std=0.02,
-      dtype="float32",  # compute dtype; parameters stay float32
+      dtype="auto",  # compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU); params stay f32
       remat="none",  # none | full | dots | dots_no_batch
       scan_layers=True,
       attention="auto",  # auto (cuDNN on GPU when it applies) | xla | cudnn
@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   # sources, e.g. a new language), optionally keeping the body frozen.
   c.init_from = ml_collections.ConfigDict(dict(workdir="", step=-1))
   c.freeze_body = False
+  # Several sources sharing one source slice (e.g. every source on one CPU): train them one after
+  # another inside the step (loop; 1.3-1.5x faster on CPU) or batched into one vmap (vmap).
+  c.local_slots = "loop"
   c.on_nonfinite = "stop"  # stop: save the last good state and raise | skip: drop the update, count it
   c.eval = ml_collections.ConfigDict(dict(
       every=0,  # also evaluate the local models every E steps (0: only after each outer step)
@@ -154,8 +157,10 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
     _fail("model.remat", f"unknown remat policy '{m.remat}'", f"choose one of {list(REMAT_POLICIES)}")
   if m.attention not in ("auto", "xla", "cudnn"):
     _fail("model.attention", f"unknown attention '{m.attention}'", "choose auto, xla or cudnn")
-  if m.dtype not in ("float32", "bfloat16", "float16"):
-    _fail("model.dtype", f"unsupported compute dtype '{m.dtype}'", "use float32 or bfloat16")
+  if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
+    _fail("model.dtype", f"unsupported compute dtype '{m.dtype}'", "use auto, float32 or bfloat16")
+  if config.get("local_slots", "loop") not in ("loop", "vmap"):
+    _fail("local_slots", f"unknown '{config.local_slots}'", "choose loop or vmap")
   if config.on_nonfinite not in ("stop", "skip"):
     _fail("on_nonfinite", f"unknown policy '{config.on_nonfinite}'", "choose stop or skip")
   o = config.outer

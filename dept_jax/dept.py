@@ -214,6 +214,22 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     return state
 
   # ------------------------------------------------------------------ local step
+  n_slices = mesh.shape["source"]
+  per_slice = S // n_slices
+
+  def _over_slots(fn, *args):
+    """fn over the leading slot axis. One slot per source slice: vmap (the slot axis is the
+    sharded one). Several slots sharing a slice (e.g. all sources on one CPU): vmap over slices,
+    and a loop over the slots inside each: on CPU the loop ran tiny's 4 / the demo's 6 sources
+    1.5x / 1.3x faster than batching their matmuls (bench/RESULTS.md); local_slots='vmap'
+    batches them."""
+    if per_slice == 1 or config.get("local_slots", "loop") == "vmap":
+      return jax.vmap(fn)(*args)
+    split = lambda x: x.reshape((n_slices, per_slice) + x.shape[1:])
+    merge = lambda x: x.reshape((S,) + x.shape[2:])
+    out = jax.vmap(lambda *a: jax.lax.map(lambda b: fn(*b), a))(*jax.tree.map(split, args))
+    return jax.tree.map(merge, out)
+
   def one_source_step(params, opt, inputs, targets, source_ids, vocab_size, lr):
     (loss, aux), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
         params, {"inputs": inputs, "targets": targets}, vocab_size, cfg)
@@ -236,9 +252,10 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     here reduces over slots, so the compiled step has no collective across `source`.
     """
     lr = schedule(state["step"])
-    params, opt, metrics = jax.vmap(one_source_step, in_axes=(0, 0, 0, 0, 0, 0, None))(
-        state["slots"]["params"], state["slots"]["opt"], batch["inputs"], batch["targets"],
-        batch["source_ids"], batch["vocab_size"], lr)
+    step_fn = lambda *a: one_source_step(*a, lr)
+    params, opt, metrics = _over_slots(
+        step_fn, state["slots"]["params"], state["slots"]["opt"], batch["inputs"],
+        batch["targets"], batch["source_ids"], batch["vocab_size"])
     finite_S = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
 
     def keep_good(new, old):

@@ -80,7 +80,7 @@ def sample_logits(logits_V, key, *, vocab_size: int, temperature=1.0, top_k=0, t
 def init_kv_cache(cfg, batch: int, max_len: int):
   """Stacked per-layer caches {'k','v'}: [n_layers, batch, max_len, n_kv_heads, head_dim]."""
   shape = (cfg.n_layers, batch, max_len, model.n_kv_heads(cfg), model.head_dim(cfg))
-  dt = jnp.dtype(cfg.dtype)
+  dt = model.compute_dtype(cfg)
   return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 

@@ -24,6 +24,14 @@ REMAT_POLICIES = {
 }
 
 
+def compute_dtype(cfg):
+  """model.dtype, with 'auto' resolved for the backend: bfloat16 on TPU/GPU, float32 on CPU
+  (bench/RESULTS.md: without AMX, bfloat16 buys a CPU step ~10% and costs precision)."""
+  if cfg.dtype == "auto":
+    return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+  return jnp.dtype(cfg.dtype)
+
+
 def head_dim(cfg) -> int:
   return cfg.d_model // cfg.n_heads
 
@@ -136,7 +144,7 @@ def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, cfg, causal_offset=None):
 
 def block(x_BxLxD, p, cfg, cos, sin, kv_cache=None, offset=None):
   """One pre-norm decoder block. `p` holds this layer's slice of body['blocks']."""
-  dt = jnp.dtype(cfg.dtype)
+  dt = compute_dtype(cfg)
   B, L, _ = x_BxLxD.shape
   H, KV, hd = cfg.n_heads, n_kv_heads(cfg), head_dim(cfg)
   h = rms_norm(x_BxLxD, p["attn_norm"], cfg.norm_eps)
@@ -163,7 +171,7 @@ def block(x_BxLxD, p, cfg, cos, sin, kv_cache=None, offset=None):
 
 def body_forward(body, x_BxLxD, cfg):
   """The shared body: blocks then final norm. Input and output are hidden states."""
-  x_BxLxD = x_BxLxD.astype(jnp.dtype(cfg.dtype))
+  x_BxLxD = x_BxLxD.astype(compute_dtype(cfg))
   cos, sin = rope_tables(x_BxLxD.shape[1], head_dim(cfg), cfg.rope_theta)
 
   def layer(x, p):
@@ -181,7 +189,7 @@ def body_forward(body, x_BxLxD, cfg):
 
 
 def embed_tokens(embed, tokens_BxL, cfg):
-  return jnp.take(embed["table"], tokens_BxL, axis=0).astype(jnp.dtype(cfg.dtype))
+  return jnp.take(embed["table"], tokens_BxL, axis=0).astype(compute_dtype(cfg))
 
 
 def output_logits(embed, h_BxLxD, vocab_size, cfg):
