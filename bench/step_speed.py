@@ -14,7 +14,9 @@ FLOPs per training token (documented formula, forward + backward = 3x forward):
   attention: QK^T and PV each 2*L*D per token per layer forward, counted for the full L x L
   square that XLA's and torch's reference kernels compute (no causal discount). Norms, RoPE,
   softmax and AdamW are not counted (MFU convention).
-MFU = FLOPs per token * tokens per second / measured peak (jitted f32 matmul 2048^3, best of 5).
+MFU = FLOPs per token * tokens per second / peak, the peak being a jitted f32 2048^3 matmul timed as
+one more interleaved candidate (median, same conditions as the steps); best-of-5 peaks before and
+after are recorded too. "tuned" = bfloat16 compute + unrolled layers (see RESULTS.md).
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# torch's OpenMP workers spin after each op by default; interleaved with XLA's own pool on 2 cores
+# that spinning starved the other framework (torch steps went 0.02 s -> 1 s). PASSIVE makes idle
+# OpenMP threads sleep; it did not slow torch alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
@@ -154,32 +160,71 @@ def interleave(cands: dict, steps: int, repeats: int) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_model(name, steps, repeats, peak):
+def tuned(c):
+  """The fastest settings measured on this CPU: bfloat16 compute, layers unrolled."""
+  c = c.copy_and_resolve_references()
+  c.model.update(dtype="bfloat16", scan_layers=False)
+  return c
+
+
+def vmapped(c):
+  """Before the slot loop: the K sources on one device batched by vmap (local_slots=vmap)."""
+  c = c.copy_and_resolve_references()
+  c.local_slots = "vmap"
+  return c
+
+
+def matmul_run(n=2048):
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+
+  def run(k):
+    for _ in range(k):
+      out = f(a, a)
+    out.block_until_ready()
+  return run
+
+
+def bench_model(name, steps, repeats):
   c, V, K = model_setup(name)
+  c.model.dtype = "float32" if c.model.dtype == "auto" else c.model.dtype  # CPU default
   B, L = c.batch_size, c.seq_len
   fpt = flops_per_token(c.model, V, L)
   cands = {"jax_plain": jax_plain(c, V, B), "dept_1src": jax_dept(c, V, B, 1),
-           f"dept_{K}src": jax_dept(c, V, B, K), "torch_eager": torch_eager(c, V, B)}
+           f"dept_{K}src": jax_dept(c, V, B, K), "torch_eager": torch_eager(c, V, B),
+           "jax_plain_tuned": jax_plain(tuned(c), V, B),
+           "dept_1src_tuned": jax_dept(tuned(c), V, B, 1),
+           f"dept_{K}src_tuned": jax_dept(tuned(c), V, B, K),
+           f"dept_{K}src_vmap": jax_dept(vmapped(c), V, B, K),
+           "matmul_2048": matmul_run()}
+  load_before = os.getloadavg()[0]
   sec = interleave(cands, steps, repeats)
-  tokens = {k: B * L * (K if k == f"dept_{K}src" else 1) for k in cands}
+  peak = 2 * 2048 ** 3 / sec.pop("matmul_2048")
+  del cands["matmul_2048"]
+  tokens = {k: B * L * (K if k.startswith(f"dept_{K}src") else 1) for k in cands}
   tps = {k: tokens[k] / sec[k] for k in cands}
   out = {"model": name, "d_model": c.model.d_model, "n_layers": c.model.n_layers,
          "n_heads": c.model.n_heads, "d_ff": c.model.d_ff, "vocab_rows": V, "batch": B,
          "seq_len": L, "sources": K, "dtype": c.model.dtype, "flops_per_token": fpt,
+         "peak_gflops_in_run": peak / 1e9,
+         "load_avg_1min": [load_before, os.getloadavg()[0]],
          "step_s": sec, "tokens_per_s": tps,
          "mfu": {k: fpt * v / peak for k, v in tps.items()},
+         "ratio_tuned_dept_vs_torch": tps["dept_1src_tuned"] / tps["torch_eager"],
+         "ratio_tuned_dept_vs_plain_tuned": tps["dept_1src_tuned"] / tps["jax_plain_tuned"],
          "ratio_dept_vs_plain": tps["dept_1src"] / tps["jax_plain"],
          "ratio_jax_vs_torch": tps["jax_plain"] / tps["torch_eager"],
          "ratio_dept_vs_torch": tps["dept_1src"] / tps["torch_eager"],
-         f"ratio_dept_{K}src_vs_torch": tps[f"dept_{K}src"] / tps["torch_eager"]}
+         f"ratio_dept_{K}src_vs_torch": tps[f"dept_{K}src"] / tps["torch_eager"],
+         f"ratio_dept_{K}src_loop_vs_vmap": tps[f"dept_{K}src"] / tps[f"dept_{K}src_vmap"]}
   return out
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--models", default="tiny,demo")
-  ap.add_argument("--steps", type=int, default=10)
-  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--repeats", type=int, default=11)
   ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/step_speed.json"))
   args = ap.parse_args()
   peak = matmul_peak()
@@ -188,7 +233,7 @@ def main():
                     "matmul_peak_bf16_gflops": peak_bf16 / 1e9}), flush=True)
   rows = []
   for name in args.models.split(","):
-    r = bench_model(name, args.steps, args.repeats, peak)
+    r = bench_model(name, args.steps, args.repeats)
     print(json.dumps(r), flush=True)
     rows.append(r)
   peak_after = matmul_peak()
