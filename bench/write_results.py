@@ -68,6 +68,20 @@ def speed_section(d, first=True):
   return out
 
 
+def dept_vs_plain_section(d):
+  out = [f"### DEPT local step vs plain step, long blocks, each built twice (`{d['command']}`)", "",
+         f"{d['date']}. Ratio = plain / DEPT step time, both copies pooled; `noise` = the plain "
+         "step against its own second copy in the same run.", "",
+         "| model | plain (ms) | DEPT (ms) | DEPT / plain (tokens/s) | noise | load |",
+         "|---|---|---|---|---|---|"]
+  for r in d["rows"]:
+    t = r["step_s"]
+    out.append(f"| {r['model']} | {(t['plain'] + t['plain_again']) * 500:.1f} | "
+               f"{(t['dept'] + t['dept_again']) * 500:.1f} | {r['ratio_dept_vs_plain']:.3f} | "
+               f"{r['noise_plain_vs_plain_again']:.3f} | {r['load_avg_1min']:.1f} |")
+  return out
+
+
 def comm_section(d):
   rows = d["rows"]
   out = ["## 2. Communication per variant (bench/comm_memory.py)", "",
@@ -173,7 +187,7 @@ def main():
   for i, path in enumerate(paths):
     with open(path) as f:
       parts += speed_section(json.load(f), first=i == 0) + [""]
-  for name, fn in (("comm_memory", comm_section),
+  for name, fn in (("dept_vs_plain", dept_vs_plain_section), ("comm_memory", comm_section),
                    ("comm_memory", memory_section), ("scaling", scaling_section)):
     d = load(name)
     if d is not None:
