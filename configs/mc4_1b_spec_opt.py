@@ -2,7 +2,7 @@
 unigram tokenizer and private embedding table; only the body is ever averaged.
 
   python -m dept_jax.main --config configs/mc4_1b_spec_opt.py:spec_opt,/path/to/mc4_by_language \
-      --workdir gs://BUCKET/runs/mc4_1b   # subfolders en it zh sr ms sw ur la
+      --workdir /mnt/gcs/BUCKET/runs/mc4_1b   # subfolders en it zh sr ms sw ur la
 
 width 2048, 24 blocks, 16 heads, seq 2048, global batch 512 (64 per source), peak lr 2e-4,
 7,000 local steps in 14 rounds of 500. Paper: the body sync every 500 steps moves ~714x fewer

@@ -1,7 +1,7 @@
 """The paper's 125M DEPT preset on The Pile: 16 domains as 16 sources, GPT-NeoX-sized vocabulary.
 
   python -m dept_jax.main --config configs/pile_125m.py:spec,/path/to/pile_by_domain \
-      --workdir gs://BUCKET/runs/pile125m_spec
+      --workdir /mnt/gcs/BUCKET/runs/pile125m_spec
   # check the memory before renting: python -m dept_jax.main --mode=compile --config configs/pile_125m.py
 
 width 768, 12 blocks, 12 heads, seq 2048, global batch 256 (16 per source), peak lr 6e-4,

@@ -1,7 +1,7 @@
 """The paper's 350M DEPT preset on The Pile (16 domain sources).
 
   python -m dept_jax.main --config configs/pile_350m.py:spec,/path/to/pile_by_domain \
-      --workdir gs://BUCKET/runs/pile350m_spec
+      --workdir /mnt/gcs/BUCKET/runs/pile350m_spec
 
 width 1024, 24 blocks, 16 heads, seq 2048, global batch 256 (16 per source), peak lr 3e-4,
 13,500 local steps in 27 rounds of 500. Paper: DEPT's best variant ~15.3% lower perplexity than the

@@ -18,7 +18,7 @@ EXTRA=()
 usage_common() {
   cat <<USAGE
 common flags: --name NAME --zone ZONE --project P --type v4-32 --runtime VERSION --slices N
-              --spot --config CONFIG --workdir gs://BUCKET/run --dry-run  [-- extra dept_jax flags]
+              --spot --config CONFIG --workdir /mnt/gcs/BUCKET/run --dry-run  [-- extra dept_jax flags]
 USAGE
 }
 
@@ -92,7 +92,7 @@ nodes() {
 # on multi-slice, the MEGASCALE_* variables the queued resource sets) from the environment.
 train_command() {
   if [[ -z "$WORKDIR" ]]; then
-    echo "--workdir is required (a gs:// path every worker can write; resume reads it)" >&2
+    echo "--workdir is required (a path every worker can read and write, e.g. a gcsfuse-mounted bucket; resume reads it)" >&2
     exit 2
   fi
   local extra=""

@@ -2,9 +2,9 @@
 # Keep a (spot/preemptible) run going: while the queued resource is not ACTIVE (preempted,
 # suspended, failed), delete it, re-create it, install, and start the same command again.
 # Resume is automatic: dept_jax restores the latest checkpoint under the same --workdir.
-#   launch/tpu_resume.sh --name dept --type v4-32 --spot --config ... --workdir gs://B/runs/x [--dry-run]
+#   launch/tpu_resume.sh --name dept --type v4-32 --spot --config ... --workdir /mnt/gcs/B/runs/x [--dry-run]
 source "$(dirname "$0")/common.sh"
-usage() { echo "usage: $0 --workdir gs://... [--max-restarts N] [common flags]"; usage_common; }
+usage() { echo "usage: $0 --workdir /mnt/gcs/... [--max-restarts N] [common flags]"; usage_common; }
 MAX_RESTARTS=20
 args=()
 while [[ $# -gt 0 ]]; do

@@ -3,9 +3,9 @@
 # jax.distributed.initialize() (DEPT_JAX_DISTRIBUTED=1); process 0 logs and writes metrics.
 # With --slices N (multi-slice), sources go one per slice: the `source` mesh axis spans slices
 # (DCN) and only the outer step crosses it. Pass dept_jax overrides after `--`.
-#   launch/tpu_run.sh --name dept --config configs/pile_125m.py:spec --workdir gs://B/runs/x [-- --config.steps=100]
+#   launch/tpu_run.sh --name dept --config configs/pile_125m.py:spec --workdir /mnt/gcs/B/runs/x [-- --config.steps=100]
 source "$(dirname "$0")/common.sh"
-usage() { echo "usage: $0 --workdir gs://... [common flags] [-- dept_jax flags]"; usage_common; }
+usage() { echo "usage: $0 --workdir /mnt/gcs/... [common flags] [-- dept_jax flags]"; usage_common; }
 parse_common "$@"
 mapfile -t G < <(gcloud_common)
 CMD="$(train_command)"

@@ -10,7 +10,7 @@ from dept_jax.mesh import make_mesh, slice_major
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE = ["--name", "dept", "--zone", "us-central2-b", "--type", "v4-32"]
-RUN = ["--config", "configs/pile_125m.py:spec", "--workdir", "gs://bkt/runs/p125"]
+RUN = ["--config", "configs/pile_125m.py:spec", "--workdir", "/mnt/gcs/bkt/runs/p125"]
 
 
 def dry(script, *args):
@@ -57,14 +57,14 @@ def test_run_same_command_on_all_workers():
   c = cmds[0]
   assert c.startswith("gcloud compute tpus tpu-vm ssh dept --zone=us-central2-b --worker=all ")
   assert ("DEPT_JAX_DISTRIBUTED=1 ~/venv/bin/python -m dept_jax.main --config "
-          "configs/pile_125m.py:spec --workdir gs://bkt/runs/p125 --config.steps=100") in c
+          "configs/pile_125m.py:spec --workdir /mnt/gcs/bkt/runs/p125 --config.steps=100") in c
 
 
 def test_run_multislice_one_source_per_slice():
   cmds = commands(dry("tpu_run.sh", *NODE, *RUN, "--slices", "2"))
   assert [c.split()[5] for c in cmds] == ["dept-0", "dept-1"]
   for c in cmds:
-    assert "--worker=all" in c and "--config.mesh.source=2 --workdir gs://bkt/runs/p125" in c
+    assert "--worker=all" in c and "--config.mesh.source=2 --workdir /mnt/gcs/bkt/runs/p125" in c
 
 
 def test_run_requires_workdir():
@@ -78,7 +78,7 @@ def test_resume_recreates_installs_and_reruns_same_command():
   assert cmds[0] == "gcloud compute tpus queued-resources delete dept --zone=us-central2-b --force --quiet"
   assert cmds[1].startswith("gcloud compute tpus queued-resources create dept ") and "--spot" in cmds[1]
   assert any(" scp " in c for c in cmds) and any("pip install" in c for c in cmds)
-  assert "--workdir gs://bkt/runs/p125" in cmds[-1] and "--worker=all" in cmds[-1]
+  assert "--workdir /mnt/gcs/bkt/runs/p125" in cmds[-1] and "--worker=all" in cmds[-1]
 
 
 def test_slurm_script():
@@ -87,7 +87,7 @@ def test_slurm_script():
   assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --requeue" in text
   assert "export DEPT_JAX_DISTRIBUTED=1" in text
   assert ("srun " in text and "-m dept_jax.main --config configs/pile_125m.py:spec --workdir "
-          "gs://bkt/runs/p125 --config.steps=7") in text
+          "/mnt/gcs/bkt/runs/p125 --config.steps=7") in text
   assert commands(text) == ["sbatch <the script above>"]
 
 
