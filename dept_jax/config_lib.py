@@ -158,9 +158,13 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   if m.attention not in ("auto", "xla", "cudnn"):
     _fail("model.attention", f"unknown attention '{m.attention}'", "choose auto, xla or cudnn")
   if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
-    _fail("model.dtype", f"unsupported compute dtype '{m.dtype}'", "use auto, float32 or bfloat16")
+    _fail("model.dtype", f"unsupported compute dtype '{m.dtype}'",
+          "use auto, float32, bfloat16 or float16")
   if config.get("local_slots", "loop") not in ("loop", "vmap"):
     _fail("local_slots", f"unknown '{config.local_slots}'", "choose loop or vmap")
+  for key in ("every",):
+    if int(config.log[key]) <= 0:
+      _fail(f"log.{key}", f"must be positive, got {config.log[key]}", "log every 1 or more steps")
   if config.on_nonfinite not in ("stop", "skip"):
     _fail("on_nonfinite", f"unknown policy '{config.on_nonfinite}'", "choose stop or skip")
   o = config.outer

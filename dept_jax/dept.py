@@ -63,6 +63,8 @@ def check_vocab(variant: str, vocab: Vocab):
       raise ConfigError(f"local_to_global has shape {l2g.shape}, expected "
                         f"({vocab.num_sources}, {vocab.rows})")
     for k, size in enumerate(vocab.sizes):
+      if size <= 0:
+        raise ConfigError(f"source {k} has an empty vocabulary; its data produced no tokens")
       ids = l2g[k, :size]
       if ids.min() < 0 or ids.max() >= vocab.global_size:
         raise ConfigError(f"source {k}: local->global ids outside [0, {vocab.global_size}); "
@@ -110,12 +112,21 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
                       "mesh.source=-1.")
   n_metric = metric_sources or K
   shared = variant in SHARED_TABLE_VARIANTS
-  uses_bank = (not shared) and variant != "std" and S < K
-  rows = vocab.rows
-  G = vocab.global_size
+  # Fewer slices than sources: a bank keeps every source's inner optimizer state (and, for the
+  # private-table variants, its table) while the source sits a round out.
+  uses_bank = variant != "std" and S < K
+  # Tables shard their vocabulary over `tensor`: pad rows to a multiple of it. Padding rows are
+  # masked out of the softmax like any row past a source's vocabulary.
+  tensor = mesh.shape["tensor"]
+  rows = -(-vocab.rows // tensor) * tensor
+  G = -(-vocab.global_size // tensor) * tensor if vocab.global_size else None
   # Padding ids (-1) become G: out of range, so take() fills zeros and scatters drop them
   # (a negative index would wrap around to the last global row).
-  l2g = jnp.asarray(np.where(vocab.local_to_global < 0, G, vocab.local_to_global)) if shared else None
+  l2g = None
+  if shared:
+    l2g = np.full((K, rows), G, np.int32)
+    l2g[:, :vocab.rows] = np.where(vocab.local_to_global < 0, G, vocab.local_to_global)
+    l2g = jnp.asarray(l2g)
   tx = optim.inner_transform(config.optim)
   outer_tx = optim.outer_transform(config.outer)
   schedule = optim.lr_schedule(config.optim, config.steps)
@@ -151,8 +162,12 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     state["slots"] = {"params": params, "opt": opt}
     state["outer_opt"] = outer_tx.init(state["global"])
     if uses_bank:
-      state["bank"] = {"embed": tables, "opt": jax.vmap(init_inner_opt)(
-          {"body": _stack(body, K), "embed": tables})}
+      bank_embed = (jax.vmap(lambda k: local_table(state["global"]["embed"], k))(jnp.arange(K))
+                    if shared else tables)
+      state["bank"] = {"opt": jax.vmap(init_inner_opt)({"body": _stack(body, K),
+                                                        "embed": bank_embed})}
+      if not shared:
+        state["bank"]["embed"] = tables
     return state
 
   # ------------------------------------------------------------------ shardings
@@ -206,7 +221,8 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
           slot_sources_S)
     if uses_bank:
       take = lambda t: jnp.take(t, slot_sources_S, axis=0)
-      slots["params"]["embed"] = jax.tree.map(take, state["bank"]["embed"])
+      if not shared:
+        slots["params"]["embed"] = jax.tree.map(take, state["bank"]["embed"])
       slots["opt"] = jax.tree.map(take, state["bank"]["opt"])
     if config.outer.reset_inner_state:
       slots["opt"] = jax.vmap(init_inner_opt)(slots["params"])
@@ -299,9 +315,11 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
           lambda g, u, o: jnp.where(o[:, None], g + u, g), glob["embed"], updates["embed"], owned)
     state["global"], state["outer_opt"] = new_global, outer_opt
     if uses_bank:
+      bank = state["bank"]
       put = lambda bank, slot: bank.at[slot_sources_S].set(slot)
-      state["bank"] = {"embed": jax.tree.map(put, state["bank"]["embed"], params["embed"]),
-                       "opt": jax.tree.map(put, state["bank"]["opt"], state["slots"]["opt"])}
+      state["bank"] = {"opt": jax.tree.map(put, state["bank"]["opt"], state["slots"]["opt"])}
+      if not shared:
+        state["bank"]["embed"] = jax.tree.map(put, bank["embed"], params["embed"])
     metrics = {"outer/pseudo_grad_norm": optax.tree.norm(pseudo["body"])}
     return state, metrics
 
@@ -352,7 +370,7 @@ def source_params(state, variant: str, vocab: Vocab, source: int, slot: int | No
     ids = jnp.asarray(np.where(l2g < 0, vocab.global_size, l2g))
     return body, jax.tree.map(
         lambda t: jnp.take(t, ids, axis=0, mode="fill", fill_value=0), state["global"]["embed"])
-  if "bank" in state:
+  if "bank" in state and "embed" in state["bank"]:
     return body, take(state["bank"]["embed"], source)
   return body, take(slots["embed"], source)
 

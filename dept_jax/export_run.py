@@ -5,6 +5,10 @@ Which table a source's model uses follows the variant:
   trim        the source's rows scattered back into the global table, global tokenizer
   spec        the private table scattered into the global vocabulary (rows it never saw are zero)
   spec_opt    the private table and the source's own tokenizer
+
+TRIM and SPEC trained a softmax over the source's own ids only; the export lists every other id in
+generation_config's suppress_tokens so Hugging Face sampling keeps to them too, and dept_jax's own
+generation runs on the local table directly.
 """
 from __future__ import annotations
 
@@ -58,13 +62,23 @@ def export(workdir: str, source: str, out: str, step: int | None = None,
     with open(eval_path) as f:
       final = json.load(f)["final"]
     evals = {k.split("/")[-1]: v for k, v in final.items() if k.startswith(f"eval/{source}/")}
+  generation = None
+  if exp.config.variant in ("trim", "spec"):
+    owned = set(_owned_ids(exp, exp.names.index(source)).tolist())
+    generation = {"suppress_tokens": [i for i in range(vocab_size) if i not in owned]}
   info = hf_export.export_source(
       out, body, embed, vocab_size, exp.config.model, _need_tokenizer(tok, workdir),
       variant=exp.config.variant, source_name=source, sources=exp.names, eval_results=evals,
-      overwrite=overwrite, max_position_embeddings=max(2048, exp.config.seq_len))
+      overwrite=overwrite, max_position_embeddings=max(2048, exp.config.seq_len),
+      generation=generation)
   print(f"[dept_jax] exported source '{source}' (step {got}, {info['num_params']:,} parameters) "
         f"to {out}", flush=True)
   return info
+
+
+def _owned_ids(exp, k: int) -> np.ndarray:
+  """TRIM/SPEC: the global ids source k's table covers, in local id order."""
+  return exp.data.local_to_global[k, :exp.vocab.sizes[k]]
 
 
 def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_tokens=64,
@@ -74,7 +88,22 @@ def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_
   body, embed, vocab_size, tok = source_model(exp, state, source)
   sp = spm.SentencePieceProcessor(model_file=_need_tokenizer(tok, workdir))
   ids = sp.encode(prompt) or [sp.eos_id()]
+  to_global = None
+  if exp.config.variant in ("trim", "spec"):
+    # Sample from the softmax the source trained: its local table over its own ids.
+    k = exp.names.index(source)
+    to_global = _owned_ids(exp, k)
+    local = {int(g): i for i, g in enumerate(to_global)}
+    unk = local[sp.unk_id()]
+    ids = [local.get(i, unk) for i in ids]
+    body, embed = jax.tree.map(np.asarray, jax.device_get(
+        dept.source_params(state, exp.config.variant, exp.vocab, k, None)))
+    vocab_size = exp.vocab.sizes[k]
+  eos = sp.eos_id() if to_global is None else local[sp.eos_id()]
   new = generate.generate(body, embed, vocab_size, exp.config.model, ids,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                          top_p=top_p, seed=seed, eos_id=sp.eos_id())
-  return prompt + sp.decode([t for t in new if t != sp.eos_id()])
+                          top_p=top_p, seed=seed, eos_id=eos)
+  new = [t for t in new if t != eos]
+  if to_global is not None:
+    new = [int(to_global[t]) for t in new]
+  return prompt + sp.decode(new)

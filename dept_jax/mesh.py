@@ -57,16 +57,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def per_source(mesh: Mesh, ndim_after: int = 0) -> NamedSharding:
-  return NamedSharding(mesh, P("source", *([None] * ndim_after)))
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """[source, batch, length] token arrays."""
   return NamedSharding(mesh, P("source", ("data", "fsdp"), None))
-
-
-def source_groups(mesh: Mesh) -> list[set[int]]:
-  """Device ids of each source slice, for checking collectives in compiled HLO."""
-  arr = mesh.devices.reshape(mesh.devices.shape[0], -1)
-  return [set(int(d.id) for d in row) for row in arr]

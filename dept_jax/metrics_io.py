@@ -90,7 +90,7 @@ def _plain(v):
 
 
 class StepTimer:
-  """Wall time per logged interval, excluding the first (compiling) step."""
+  """Steps per second over a logged interval (the first interval includes compiling)."""
 
   def __init__(self):
     self.t0, self.steps = time.perf_counter(), 0

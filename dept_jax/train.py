@@ -6,10 +6,8 @@ Order of events per step: (round start) -> local step -> NaN check -> log -> (ou
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
-import time
 
 import jax
 import numpy as np
@@ -39,6 +37,17 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     self.signal = signal.Signals(signum).name
+
+  def agreed(self) -> bool:
+    """Whether to stop now. With several processes a signal may reach only some of them, and
+    saving is collective: every process stops if any got one."""
+    if jax.process_count() == 1:
+      return self.signal is not None
+    from jax.experimental import multihost_utils
+    got = multihost_utils.process_allgather(np.int32(self.signal is not None))
+    if got.any() and self.signal is None:
+      self.signal = "preemption (signal on another host)"
+    return bool(got.any())
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -81,7 +90,8 @@ def next_batch(exp, slot_sources):
 
 def to_device(batch, shardings):
   """Single process: jit places host arrays. Several: every host built the same global batch
-  deterministically, and each contributes the shards its devices hold."""
+  (every host reads every window; see data.shard_count), and each contributes the shards its own
+  devices hold."""
   if jax.process_count() == 1:
     return batch
   return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
@@ -140,16 +150,15 @@ def train(config, workdir: str) -> dict:
       slot_sources = exp.slot_sources(rnd)
       if not std and step % N == 0:
         state = prog.begin_round(state, slot_sources)
-      before = data_state(exp, acc)
       batch = to_device(next_batch(exp, slot_sources), batch_sh)
       state, m = prog.local_step(state, batch)
       m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
                                               "tokens_by_source", "grad_norm", "lr")})
-      if not m["finite"].all():
-        _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer)
       step += 1
       timer.tick()
       acc.add(m, slot_sources, std)
+      if not m["finite"].all():
+        _on_nonfinite(exp, ckpt, acc, state, step, rnd, slot_sources, m, writer)
       writer.advance(1, acc.postfix())
 
       log = {}
@@ -179,12 +188,13 @@ def train(config, workdir: str) -> dict:
           writer.console(_eval_line(step, log, exp.names))
         summary = log
 
+      stop = preempt.agreed()
       at_round_end = not std and step % N == 0
       every = c.checkpoint.every
       if step == c.steps or (every and step % every == 0) or (
-          at_round_end and c.checkpoint.at_round_end) or preempt.signal:
+          at_round_end and c.checkpoint.at_round_end) or stop:
         ckpt.save(step, state, data_state(exp, acc), run_meta(exp))
-      if preempt.signal:
+      if stop:
         ckpt.close()
         writer.close()
         print(f"[dept_jax] {preempt.signal}: stopped after step {step}; checkpoint saved in "
@@ -222,27 +232,26 @@ def start_from_trained_body(exp, state, parent_workdir: str, parent_step: int):
   return dict(state, slots=slots)
 
 
-def _on_nonfinite(exp, ckpt, state, before, step, rnd, slot_sources, m, writer):
+def _on_nonfinite(exp, ckpt, acc, state, step, rnd, slot_sources, m, writer):
+  """`step` has just run and some source's loss or gradient was not finite. dept.local_step did
+  not apply that source's update (the others' were applied), so the state is finite: with
+  on_nonfinite=stop it is saved as this step, data position included, and the run stops."""
   bad = [exp.names[k] if exp.config.variant != "std" else "mixture"
          for k, ok in zip(slot_sources, m["finite"]) if not ok]
-  where = (f"non-finite loss at step {step + 1} (round {rnd}), source(s) {', '.join(bad)}: "
+  where = (f"non-finite loss at step {step} (round {rnd}), source(s) {', '.join(bad)}: "
            f"loss={[float(x) for x in m['loss']]}")
   if exp.config.on_nonfinite == "skip":
     writer.console(f"[dept_jax] {where}; update skipped (on_nonfinite=skip)")
     return
-  # The bad update was not applied (dept.local_step keeps the last good params): save that state
-  # as step `step`, with the data position before the bad batch, so a rerun continues from here.
-  undo = (~m["finite"]).astype(np.int32)
-  state = dict(state, step=jax.device_put(np.int32(step), state["step"].sharding),
-               skipped=jax.device_put(host_get(state["skipped"]) - undo,
-                                      state["skipped"].sharding))
-  ckpt.save(step, state, before, run_meta(exp))
+  if step not in ckpt.all_steps():
+    ckpt.save(step, state, data_state(exp, acc), run_meta(exp))
   ckpt.close()
   writer.close()
   raise NonFiniteLossError(
-      f"{where}. The last good state (step {step}) is saved in {ckpt.directory}/{step}. "
-      "Fix: lower optim.lr or raise optim.warmup_steps, or set on_nonfinite=skip to drop such "
-      "updates.")
+      f"{where}. That update was not applied; the last good state (step {step}, every "
+      f"parameter finite) is saved in {ckpt.directory}/{step}. Fix: lower optim.lr or raise "
+      "optim.warmup_steps and rerun to resume from it, or set on_nonfinite=skip to drop such "
+      "updates and go on.")
 
 
 def _eval_line(step, log, names):
@@ -265,8 +274,9 @@ class _Accumulator:
     self.last = {}
 
   def add(self, m, slot_sources, std):
-    self.nll += m["nll_by_source"].sum(0)
-    self.tok += m["tokens_by_source"].sum(0)
+    ok = m["finite"][:, None]  # a skipped update's NaN loss stays out of the logged mean
+    self.nll += np.where(ok, m["nll_by_source"], 0).sum(0)
+    self.tok += np.where(ok, m["tokens_by_source"], 0).sum(0)
     if not std:
       for i, k in enumerate(slot_sources):
         self.last[self.names[k]] = float(m["loss"][i])

@@ -214,14 +214,35 @@ def test_nan_stops_with_step_round_source_and_saves_last_good(planted_nan, tmp_p
     train.train(nan_config("stop"), workdir)
   msg = str(e.value)
   assert "step 7 (round 1), source(s) source2" in msg
-  assert "last good state (step 6)" in msg
+  assert "last good state (step 7" in msg
   ckpt = Checkpointer(workdir, nan_config("stop").checkpoint)
-  assert ckpt.latest_step() == 6
+  assert ckpt.latest_step() == 7
   exp = experiment.setup(nan_config("stop"), workdir)
   _, state, data, _ = ckpt.restore(exp.program.abstract_state)
-  assert int(state["step"]) == 6
-  assert np.isfinite(np.asarray(state["slots"]["params"]["body"]["final_norm"])).all()
-  assert data["streams"][2]["position"] == 6 * 4  # the bad batch is not consumed
+  assert int(state["step"]) == 7
+  assert np.asarray(state["skipped"]).tolist() == [0, 0, 1, 0]
+  for leaf in jax.tree.leaves(state["slots"]):
+    assert np.isfinite(np.asarray(leaf)).all()
+  # Resuming does not replay the bad batch: every stream is past step 7's rows.
+  assert [d["position"] for d in data["streams"]] == [7 * 4] * 4
+
+
+def test_nan_right_after_a_round_end_checkpoint(monkeypatch, planted_nan, tmp_path):
+  """Step 4 ends round 0 and is saved; a NaN at step 5 saves step 5 (no clash with step 4)."""
+  calls = {"n": 0}
+  real = train.next_batch
+
+  def next_batch(exp, slot_sources):
+    batch = real(exp, slot_sources)
+    calls["n"] += 1
+    if calls["n"] == 5:
+      batch["inputs"][0, 0, :] = 0
+    return batch
+  monkeypatch.setattr(train, "next_batch", next_batch)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(train.NonFiniteLossError, match="step 5 \\(round 1\\), source\\(s\\) source0"):
+    train.train(nan_config("stop"), workdir)
+  assert Checkpointer(workdir, nan_config("stop").checkpoint).all_steps() == [4, 5]
 
 
 def test_nan_skip_counts_and_continues(planted_nan, tmp_path):

@@ -29,6 +29,7 @@ def cfg(**kw):
     ({"outer.optimizer": "adam"}, "config.outer.optimizer", "unknown outer optimizer"),
     ({"model.remat": "some"}, "config.model.remat", "unknown remat policy"),
     ({"outer.sources_per_round": 9}, "config.outer.sources_per_round", "not in 0..4"),
+    ({"log.every": 0}, "config.log.every", "must be positive"),
 ])
 def test_bad_config_names_the_key(overrides, key, words):
   with pytest.raises(ConfigError) as e:

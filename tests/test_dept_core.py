@@ -257,3 +257,32 @@ def test_std_mixture_follows_temperature():
   freq = np.bincount(ids, minlength=4) / len(ids)
   expected = temperature_probs([s.train_tokens for s in exp.data.global_streams], 1.0)
   np.testing.assert_allclose(freq, expected, atol=0.04)
+
+
+def test_vocabulary_padded_to_the_tensor_axis():
+  """A 255-row global table cannot shard over tensor=2: it is padded, and the padding stays out
+  of the softmax and out of the outer step."""
+  exp = setup("glob", **{"data.vocab_size": 255, "mesh.tensor": 2, "batch_size": 8,
+                         "model.n_heads": 4, "model.d_ff": 64})
+  assert exp.mesh.shape["tensor"] == 2
+  state, idx = run_local(exp, exp.program.init(jax.random.key(0)), 2)
+  assert state["global"]["embed"]["table"].shape[0] == 256
+  before = host(state["global"]["embed"]["table"])[255]
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  np.testing.assert_array_equal(host(state["global"]["embed"]["table"])[255], before)
+
+
+def test_trim_with_fewer_slices_banks_each_sources_moments():
+  exp = setup("trim", **{"outer.sources_per_round": 2})
+  state = exp.program.init(jax.random.key(5))
+  assert set(state["bank"]) == {"opt"}  # the shared table lives in `global`, moments per source
+  idx = exp.slot_sources(0)
+  out = sorted(set(range(4)) - set(idx.tolist()))
+  state = exp.program.begin_round(state, idx)
+  for _ in range(2):
+    state, _ = exp.program.local_step(state, next_batch(exp, idx))
+  slot_mu = host(state["slots"]["opt"])[1].mu["embed"]["table"]
+  state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
+  bank_mu = host(state["bank"]["opt"])[1].mu["embed"]["table"]
+  np.testing.assert_array_equal(bank_mu[idx], slot_mu)
+  assert np.abs(bank_mu[out]).max() == 0  # sources that sat out keep their (fresh) moments

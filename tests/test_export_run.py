@@ -146,3 +146,21 @@ def test_spec_global_phase_gives_one_model_for_every_source(run, tmp_path):
   # The body started from the parent's and moved (it is not frozen here).
   p = np.asarray(jax.device_get(parent_state["global"]["body"]["final_norm"]))
   assert not np.array_equal(a[0]["final_norm"], p)
+
+
+def test_trim_export_keeps_to_the_sources_own_ids(run, tmp_path):
+  root, _ = run
+  workdir = str(tmp_path / "trim")
+  train.train(text_config(root, "trim", steps=10, local_steps=5), workdir)
+  out = str(tmp_path / "hf")
+  export_run.export(workdir, "latin", out)
+  exp, state, _ = experiment.load_run(workdir)
+  owned = set(export_run._owned_ids(exp, exp.names.index("latin")).tolist())
+  with open(os.path.join(out, "generation_config.json")) as f:
+    suppressed = set(json.load(f)["suppress_tokens"])
+  assert suppressed and not suppressed & owned
+  assert suppressed | owned == set(range(exp.data.global_vocab_size))
+  sp = spm.SentencePieceProcessor(model_file=exp.data.tokenizers["global"])
+  text = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
+  assert text.startswith("kalo")
+  assert set(sp.encode(text[len("kalo"):])) <= owned | {sp.unk_id()}

@@ -98,9 +98,9 @@ class TextStream:
   """
 
   def __init__(self, name, stream, vocab_size, seq_len, batch_size, seed, eval_rows_bytes,
-               id_map=None, shard=(0, 1), train_tokens=None, weight=1.0):
+               id_map=None, shard=(0, 1), train_tokens=None):
     self.name, self.seq_len, self.batch_size = name, seq_len, batch_size
-    self.vocab_size, self.weight = int(vocab_size), float(weight)
+    self.vocab_size = int(vocab_size)
     self.stream, self.id_map = stream, id_map
     self.windows = num_windows(len(stream), seq_len)
     index, count = shard

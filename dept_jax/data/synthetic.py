@@ -26,6 +26,7 @@ class MarkovSource:
     self.batch_size = batch_size
     self.train_tokens = 1_000_000 * (1 + index)  # nominal size: makes temperature sampling matter
     self.position = 0
+    self.eval_count = 2
 
   def _rows(self, split: int, start: int, n: int) -> np.ndarray:
     out = np.empty((n, self.seq_len + 1), np.int32)
@@ -51,7 +52,8 @@ class MarkovSource:
   def set_state(self, state):
     self.position = int(state["position"])
 
-  def eval_batches(self, n_batches: int = 2):
+  def eval_batches(self):
+    n_batches = self.eval_count
     batches = []
     for b in range(n_batches):
       tokens = self._rows(1, b * self.batch_size, self.batch_size)
@@ -70,8 +72,10 @@ def build(config) -> DataBundle:
     owned.append(np.sort(rng.choice(G, size=n_k, replace=False)).astype(np.int32))
 
   def make(k, emit):
-    return MarkovSource(f"source{k}", len(owned[k]) if variant != "spec_opt" else len(emit),
-                        emit, config.seq_len, config.batch_size, config.seed, k)
+    src = MarkovSource(f"source{k}", len(owned[k]) if variant != "spec_opt" else len(emit),
+                       emit, config.seq_len, config.batch_size, config.seed, k)
+    src.eval_count = d.eval_batches
+    return src
 
   if variant == "spec_opt":
     step = max(d.source_vocab_size // (2 * K), 1)  # private vocabularies of different sizes

@@ -62,7 +62,7 @@ def text_data_config() -> dict:
       tokenizer_train_bytes=1_000_000,  # text sampled to train each tokenizer
       min_count=1,  # trim/spec: a global id belongs to a source if it occurs this often
       cache_dir="",  # built-in corpus cache (default ~/.cache/dept_jax/corpus)
-      shard_index=-1, shard_count=-1,  # which part of every source this host reads (-1: jax)
+      shard_index=-1, shard_count=-1,  # split windows over loaders (-1: every host reads all)
   )
 
 
@@ -77,10 +77,14 @@ def add_text_data(config, named_sources: dict) -> ml_collections.ConfigDict:
 
 
 def _shard(d) -> tuple[int, int]:
+  """Which windows this host reads. By default every host reads all of them: the trainer builds
+  the same global batch everywhere and each host hands over only its devices' rows, which is
+  right whichever hosts hold a source's slice. shard_index/shard_count split the windows for a
+  loader that feeds only a host's own rows."""
   count = d.get("shard_count", -1)
-  count = jax.process_count() if count is None or count < 1 else count
+  count = 1 if count is None or count < 1 else count
   index = d.get("shard_index", -1)
-  index = jax.process_index() if index is None or index < 0 else index
+  index = 0 if index is None or index < 0 else index
   return index, count
 
 
@@ -100,6 +104,20 @@ def _read_all(d):
       logging.warning("source '%s': %d binary files skipped", name, docs.skipped_files)
     out.append((name, spec, docs))
   return out
+
+
+def _tokenizers_once(config, read, tokdir):
+  """Process 0 trains missing tokenizers into the shared workdir; the others wait, then load
+  them (so hosts never race on the same file or end up with different vocabularies)."""
+  if jax.process_count() == 1:
+    return _tokenizer_paths(config, read, tokdir)
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    out = _tokenizer_paths(config, read, tokdir)
+    multihost_utils.sync_global_devices("dept_jax tokenizers written")
+    return out
+  multihost_utils.sync_global_devices("dept_jax tokenizers written")
+  return _tokenizer_paths(config, read, tokdir)
 
 
 def _tokenizer_paths(config, read, tokdir):
@@ -176,7 +194,7 @@ def build(config, workdir: str | None) -> DataBundle:
     train, val = sources.split_validation(docs, d.val_fraction, config.seed)
     read.append((name, spec, train))
     spec["_val"] = val
-  sps, tok_paths = _tokenizer_paths(config, read, tokdir)
+  sps, tok_paths = _tokenizers_once(config, read, tokdir)
 
   # Every host evaluates the same held-out rows: eval inputs enter jit as host arrays, which JAX
   # takes to be identical on all processes (and eval is small next to training).
@@ -196,8 +214,7 @@ def build(config, workdir: str | None) -> DataBundle:
   def make(name, spec, stream, ev, vocab, id_map=None, weighted=False):
     n = len(stream) * (spec.get("weight", 1.0) if weighted else 1.0)
     return pipeline.TextStream(name, stream, vocab, L, config.batch_size, config.seed, ev,
-                               id_map=id_map, shard=(index, count), train_tokens=n,
-                               weight=spec.get("weight", 1.0))
+                               id_map=id_map, shard=(index, count), train_tokens=n)
 
   if variant == "spec_opt":
     streams = [make(n, s, st, ev, sps[n].get_piece_size()) for n, s, st, ev in raw]
