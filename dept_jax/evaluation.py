@@ -72,7 +72,8 @@ class Evaluator:
   def __init__(self, exp):
     self.exp = exp
     streams = exp.data.global_streams if exp.config.variant == "std" else exp.data.streams
-    self.batches = [s.eval_batches()[:exp.config.data.eval_batches] for s in streams]
+    # Each stream sizes its own eval set (text: the same held-out bytes for every tokenizer).
+    self.batches = [s.eval_batches() for s in streams]
     self.history = []
 
   def run(self, state, slot_sources, after_outer: bool) -> dict:

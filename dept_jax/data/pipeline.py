@@ -61,12 +61,14 @@ def line_chunks(text: str, max_chars: int = 2048) -> list[str]:
   return out
 
 
-def eval_rows(chunks, eos: int, seq_len: int, max_rows: int):
+def eval_rows(chunks, eos: int, seq_len: int, max_rows: int | None = None):
   """(rows int32 [n, L+1] with -1 padding, bytes per row) from chunks = [(tokens, nbytes, last)].
 
-  Stops after max_rows windows; a chunk cut at that point counts its bytes pro rata."""
+  All chunks by default; with max_rows it stops there, and a chunk cut at that point counts its
+  bytes pro rata."""
   toks, weights = [np.asarray([eos], np.int32)], [np.zeros((1,), np.float64)]
-  total, limit = 1, max_rows * seq_len + 1
+  total = 1
+  limit = max_rows * seq_len + 1 if max_rows else float("inf")
   for tokens, nbytes, ends_doc in chunks:
     if total >= limit:
       break

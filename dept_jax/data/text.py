@@ -151,13 +151,16 @@ def _tokenizer_paths(config, read, tokdir):
   return {name: sp for name, _, _ in read}, {"global": path}
 
 
-def _eval_chunks(sp, val_texts, need_tokens, seed, min_share=64):
-  """[(tokens, nbytes, ends_segment)] of validation text, encoded only as far as eval needs.
+EVAL_BYTES_PER_TOKEN = 3  # sizes the eval text: about data.eval_batches batches of tokens
 
-  Held-out documents, in an order drawn from the seed, each get a fair share of the eval tokens
-  (their leading part, then EOS); a short document passes on what it leaves unused. So a small
-  eval set still spans many documents instead of the first few."""
-  out, remaining = [], need_tokens
+
+def eval_texts(val_texts, budget_bytes: int, seed: int, min_share: int = 256):
+  """[(text, ends_doc)] of held-out text chosen by bytes, before any tokenizer sees it, so every
+  variant and tokenizer is scored on exactly the same text (bits per byte compare fairly).
+
+  Held-out documents, in an order drawn from the seed, each get a fair share of the budget (their
+  leading part); a short document passes on what it leaves unused."""
+  out, remaining = [], budget_bytes
   order = np.random.default_rng([seed, 11]).permutation(len(val_texts))
   for j, i in enumerate(order):
     if remaining <= 0:
@@ -165,18 +168,26 @@ def _eval_chunks(sp, val_texts, need_tokens, seed, min_share=64):
     share, used = max(min_share, remaining / (len(order) - j)), 0
     pieces = pipeline.line_chunks(val_texts[i])
     for n, piece in enumerate(pieces):
-      toks = np.asarray(sp.encode(piece), np.int32)
-      if used + len(toks) >= share:  # this piece ends the document's share
-        k = max(1, int(share - used))
-        nbytes = (len(piece.encode("utf-8")) if k >= len(toks)
-                  else len(sp.decode(toks[:k].tolist()).encode("utf-8")))
-        out.append((toks[:k], nbytes, True))
-        used += min(k, len(toks))
+      nbytes = len(piece.encode("utf-8"))
+      if used + nbytes > share:  # this piece ends the document's share: cut it (whole chars)
+        cut = piece.encode("utf-8")[:int(share - used)].decode("utf-8", "ignore")
+        if cut:
+          out.append((cut, True))
+          used += len(cut.encode("utf-8"))
+        elif out and n:
+          out[-1] = (out[-1][0], True)
         break
-      out.append((toks, len(piece.encode("utf-8")), n == len(pieces) - 1))
-      used += len(toks)
-    remaining -= used + 1
+      out.append((piece, n == len(pieces) - 1))
+      used += nbytes
+    remaining -= used
   return out
+
+
+def _eval_chunks(sp, val_texts, budget_bytes, seed):
+  """[(tokens, nbytes, ends_doc)]: the eval text (eval_texts) in this tokenizer's ids."""
+  chosen = eval_texts(val_texts, budget_bytes, seed)
+  encoded = tokenizers.encode(sp, [t for t, _ in chosen])
+  return [(toks, len(t.encode("utf-8")), last) for (t, last), toks in zip(chosen, encoded)]
 
 
 def build(config, workdir: str | None) -> DataBundle:
@@ -198,13 +209,13 @@ def build(config, workdir: str | None) -> DataBundle:
 
   # Every host evaluates the same held-out rows: eval inputs enter jit as host arrays, which JAX
   # takes to be identical on all processes (and eval is small next to training).
-  eval_rows_max = d.eval_batches * config.batch_size
+  eval_bytes = d.eval_batches * config.batch_size * L * EVAL_BYTES_PER_TOKEN
   raw = []  # per source: (name, spec, stream in tokenizer ids, eval rows/bytes for this host)
   for name, spec, train in read:
     sp = sps[name]
     stream = pipeline.pack_stream(tokenizers.encode(sp, train), sp.eos_id())
-    chunks = _eval_chunks(sp, spec["_val"], eval_rows_max * L + 1, config.seed)
-    rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L, eval_rows_max)
+    chunks = _eval_chunks(sp, spec["_val"], eval_bytes, config.seed)
+    rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L)
     raw.append((name, spec, stream, (rows, row_bytes)))
     n_bytes = sum(len(t.encode("utf-8")) for t in train)
     say(f"source '{name}': {len(train)} train docs, {n_bytes / 1e6:.2f} MB, {len(stream):,} "
