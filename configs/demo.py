@@ -5,11 +5,11 @@ WORKDIR/tokenizers/ on first run (nothing is downloaded).
 
   python -m dept_jax.main --config configs/demo.py --workdir runs/demo
 
-On a 2-core CPU it takes about 6 minutes, tokenizers included (6m15s measured with six sources,
-on a shared machine at load average ~4). Expect the console and metrics.jsonl to show every
+On a 2-core CPU it takes 3 to 6 minutes, tokenizers included (3m07s measured with six sources on
+a quiet machine, 6m15s at load average ~4). Expect the console and metrics.jsonl to show every
 source's eval/<source>/loss and eval/<source>/bits_per_byte falling at each eval (every 50 steps):
-measured bits per byte went from 3.0-4.4 at step 50 to 2.3-3.35 at step 400 (prose 3.38 -> 2.76,
-python 4.40 -> 3.35, c_headers 3.96 -> 2.81, msg_ja 3.00 -> 2.30).
+measured bits per byte went from 3.0-4.4 at step 50 to 2.3-3.1 at step 400 (prose 3.28 -> 2.67,
+python 4.13 -> 3.04, c_headers 3.97 -> 2.91, msg_ja 2.97 -> 2.30).
 Other variants: --config.variant=trim (one global tokenizer, trimmed per source).
 """
 from dept_jax.config_lib import base_config
