@@ -10,6 +10,7 @@ TYPE="${DEPT_TPU_TYPE:-v4-32}"
 RUNTIME="${DEPT_TPU_RUNTIME:-tpu-ubuntu2204-base}"
 SLICES=1
 SPOT=0
+QUEUED=0  # tpu_create/tpu_delete: a queued resource instead of a plain TPU VM
 CONFIG="configs/pile_125m.py:spec"
 WORKDIR=""
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,7 @@ parse_common() {
       --runtime) RUNTIME="$2"; shift ;;
       --slices) SLICES="$2"; shift ;;
       --spot) SPOT=1 ;;
+      --queued) QUEUED=1 ;;
       --config) CONFIG="$2"; shift ;;
       --workdir) WORKDIR="$2"; shift ;;
       --help|-h) usage; exit 0 ;;

@@ -3,11 +3,8 @@
 # --spot), or --slices N slices of --type in one queued resource (multi-slice over DCN).
 #   launch/tpu_create.sh --name dept --zone us-central2-b --type v4-32 [--queued] [--spot] [--dry-run]
 source "$(dirname "$0")/common.sh"
-QUEUED=0
 usage() { echo "usage: $0 [--queued] [common flags]"; usage_common; }
-args=()
-for a in "$@"; do if [[ "$a" == "--queued" ]]; then QUEUED=1; else args+=("$a"); fi; done
-parse_common "${args[@]+"${args[@]}"}"
+parse_common "$@"
 mapfile -t G < <(gcloud_common)
 if [[ "$QUEUED" == 1 || "$SLICES" -gt 1 ]]; then
   cmd=(gcloud compute tpus queued-resources create "$NAME" "${G[@]}"

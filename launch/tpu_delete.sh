@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # Delete the TPU VM (or the queued resource with --queued / --slices N).
 source "$(dirname "$0")/common.sh"
-QUEUED=0
 usage() { echo "usage: $0 [--queued] [common flags]"; usage_common; }
-args=()
-for a in "$@"; do if [[ "$a" == "--queued" ]]; then QUEUED=1; else args+=("$a"); fi; done
-parse_common "${args[@]+"${args[@]}"}"
+parse_common "$@"
 mapfile -t G < <(gcloud_common)
 if [[ "$QUEUED" == 1 || "$SLICES" -gt 1 ]]; then
   run gcloud compute tpus queued-resources delete "$NAME" "${G[@]}" --force --quiet
