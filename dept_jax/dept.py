@@ -140,9 +140,6 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     return jax.tree.map(
         lambda t: jnp.take(t, l2g[k], axis=0, mode="fill", fill_value=0), global_embed)
 
-  def init_inner_opt(params):
-    return tx.init(params)
-
   def init(key):
     k_body, k_embed = jax.random.split(key)
     body = model.init_body(cfg, k_body)
@@ -158,13 +155,13 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
           jax.random.split(k_embed, n_tables))
       slot_embed = jax.tree.map(lambda t: t[:S], tables)
     params = {"body": _stack(body, S), "embed": slot_embed}
-    opt = jax.vmap(init_inner_opt)(params)
+    opt = jax.vmap(tx.init)(params)
     state["slots"] = {"params": params, "opt": opt}
     state["outer_opt"] = outer_tx.init(state["global"])
     if uses_bank:
       bank_embed = (jax.vmap(lambda k: local_table(state["global"]["embed"], k))(jnp.arange(K))
                     if shared else tables)
-      state["bank"] = {"opt": jax.vmap(init_inner_opt)({"body": _stack(body, K),
+      state["bank"] = {"opt": jax.vmap(tx.init)({"body": _stack(body, K),
                                                         "embed": bank_embed})}
       if not shared:
         state["bank"]["embed"] = tables
@@ -225,7 +222,7 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
         slots["params"]["embed"] = jax.tree.map(take, state["bank"]["embed"])
       slots["opt"] = jax.tree.map(take, state["bank"]["opt"])
     if config.outer.reset_inner_state:
-      slots["opt"] = jax.vmap(init_inner_opt)(slots["params"])
+      slots["opt"] = jax.vmap(tx.init)(slots["params"])
     state["slots"] = slots
     return state
 
@@ -367,9 +364,11 @@ def source_params(state, variant: str, vocab: Vocab, source: int, slot: int | No
   body = state["global"]["body"]
   if variant in SHARED_TABLE_VARIANTS:
     l2g = vocab.local_to_global[source]
-    ids = jnp.asarray(np.where(l2g < 0, vocab.global_size, l2g))
-    return body, jax.tree.map(
-        lambda t: jnp.take(t, ids, axis=0, mode="fill", fill_value=0), state["global"]["embed"])
+
+    def rows_of(table):  # padding ids point past the (padded) table, so take() fills zeros
+      ids = jnp.asarray(np.where(l2g < 0, table.shape[0], l2g))
+      return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
+    return body, jax.tree.map(rows_of, state["global"]["embed"])
   if "bank" in state and "embed" in state["bank"]:
     return body, take(state["bank"]["embed"], source)
   return body, take(slots["embed"], source)

@@ -39,31 +39,11 @@ def evaluate_source(body, embed, vocab_size: int, cfg, batches) -> dict:
   """Sum NLL and tokens over a source's eval batches ({'tokens', 'bytes'})."""
   nll = tok = nbytes = 0
   for b in batches:
-    s, t = _nll(body, embed, jnp.asarray(b["tokens"], jnp.int32), vocab_size, _Frozen(cfg))
+    s, t = _nll(body, embed, jnp.asarray(b["tokens"], jnp.int32), vocab_size, model.static_config(cfg))
     nll += float(s)
     tok += int(t)
     nbytes += int(b["bytes"])
   return summarize(nll, tok, nbytes)
-
-
-class _Frozen:
-  """Hashable view of a model config, so jit can treat it as static."""
-
-  def __init__(self, cfg):
-    self._d = dict(cfg)
-    self._key = tuple(sorted(self._d.items()))
-
-  def __getattr__(self, k):
-    try:
-      return self._d[k]
-    except KeyError as e:
-      raise AttributeError(k) from e
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, _Frozen) and self._key == other._key
 
 
 class Evaluator:

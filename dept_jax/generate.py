@@ -27,7 +27,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from dept_jax import model
 
@@ -37,15 +36,6 @@ TOTAL_BUCKET = 64
 
 def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
-
-
-def _frozen(cfg):
-  """Model config as a hashable static argument for jit."""
-  if isinstance(cfg, ml_collections.FrozenConfigDict):
-    return cfg
-  if isinstance(cfg, ml_collections.ConfigDict):
-    return ml_collections.FrozenConfigDict(cfg)
-  return ml_collections.FrozenConfigDict(dict(cfg))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -182,6 +172,6 @@ def generate(body, embed, vocab_size: int, cfg, prompt_ids: Sequence[int], *,
       body, embed, prompt_arr, jnp.int32(P), jnp.int32(max_new_tokens), jax.random.PRNGKey(seed),
       jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p),
       jnp.int32(-1 if eos_id is None else eos_id),
-      cfg=_frozen(cfg), vocab_size=int(vocab_size), max_len=max_len,
+      cfg=model.static_config(cfg), vocab_size=int(vocab_size), max_len=max_len,
       greedy=temperature == 0, use_cache=bool(use_cache))
   return [int(t) for t in jax.device_get(out)[:int(n)]]

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 PyTree = Any
 
@@ -30,6 +31,14 @@ def compute_dtype(cfg):
   if cfg.dtype == "auto":
     return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
   return jnp.dtype(cfg.dtype)
+
+
+def static_config(cfg):
+  """The model config as a hashable value, for jit's static arguments."""
+  if isinstance(cfg, ml_collections.FrozenConfigDict):
+    return cfg
+  return ml_collections.FrozenConfigDict(cfg if isinstance(cfg, ml_collections.ConfigDict)
+                                         else dict(cfg))
 
 
 def head_dim(cfg) -> int:

@@ -186,9 +186,9 @@ def nan_config(policy):
   return c
 
 
-@pytest.fixture
-def planted_nan(monkeypatch):
-  """An all-zeros row makes that source's loss NaN: planted at step 7 (1-based) in source2."""
+def plant_nan(monkeypatch, at_call: int, slot: int):
+  """An all-zeros row makes that source's loss NaN: planted in `slot`'s batch of call `at_call`
+  (1-based) to train.next_batch. Returns nothing; undone by monkeypatch."""
   real_loss = model.loss_fn
 
   def loss_fn(params, batch, vocab_size, cfg):
@@ -202,10 +202,15 @@ def planted_nan(monkeypatch):
   def next_batch(exp, slot_sources):
     batch = real_next(exp, slot_sources)
     calls["n"] += 1
-    if calls["n"] == 7:
-      batch["inputs"][2, 0, :] = 0
+    if calls["n"] == at_call:
+      batch["inputs"][slot, 0, :] = 0
     return batch
   monkeypatch.setattr(train, "next_batch", next_batch)
+
+
+@pytest.fixture
+def planted_nan(monkeypatch):
+  plant_nan(monkeypatch, at_call=7, slot=2)
 
 
 def test_nan_stops_with_step_round_source_and_saves_last_good(planted_nan, tmp_path):
@@ -227,18 +232,9 @@ def test_nan_stops_with_step_round_source_and_saves_last_good(planted_nan, tmp_p
   assert [d["position"] for d in data["streams"]] == [7 * 4] * 4
 
 
-def test_nan_right_after_a_round_end_checkpoint(monkeypatch, planted_nan, tmp_path):
+def test_nan_right_after_a_round_end_checkpoint(monkeypatch, tmp_path):
   """Step 4 ends round 0 and is saved; a NaN at step 5 saves step 5 (no clash with step 4)."""
-  calls = {"n": 0}
-  real = train.next_batch
-
-  def next_batch(exp, slot_sources):
-    batch = real(exp, slot_sources)
-    calls["n"] += 1
-    if calls["n"] == 5:
-      batch["inputs"][0, 0, :] = 0
-    return batch
-  monkeypatch.setattr(train, "next_batch", next_batch)
+  plant_nan(monkeypatch, at_call=5, slot=0)
   workdir = str(tmp_path / "run")
   with pytest.raises(train.NonFiniteLossError, match="step 5 \\(round 1\\), source\\(s\\) source0"):
     train.train(nan_config("stop"), workdir)
