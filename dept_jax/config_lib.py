@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="auto",  # compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU); params stay f32
       remat="none",  # none | full | dots | dots_no_batch
       scan_layers=True,
-      attention="auto",  # auto (cuDNN on GPU when it applies) | xla | cudnn
+      attention="auto",  # auto (cuDNN on GPU, explicit elsewhere) | explicit | xla | cudnn
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-3, warmup_steps=20, final_lr_frac=0.1, b1=0.9, b2=0.95, eps=1e-8,
@@ -155,8 +155,9 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   from dept_jax.model import REMAT_POLICIES  # local import: keep config loading light
   if m.remat not in REMAT_POLICIES:
     _fail("model.remat", f"unknown remat policy '{m.remat}'", f"choose one of {list(REMAT_POLICIES)}")
-  if m.attention not in ("auto", "xla", "cudnn"):
-    _fail("model.attention", f"unknown attention '{m.attention}'", "choose auto, xla or cudnn")
+  if m.attention not in ("auto", "explicit", "xla", "cudnn"):
+    _fail("model.attention", f"unknown attention '{m.attention}'",
+          "choose auto, explicit, xla or cudnn")
   if m.dtype not in ("auto", "float32", "bfloat16", "float16"):
     _fail("model.dtype", f"unsupported compute dtype '{m.dtype}'",
           "use auto, float32, bfloat16 or float16")
