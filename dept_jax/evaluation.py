@@ -2,6 +2,10 @@
 per byte, the one number comparable across tokenizers:
 
   bits_per_byte = total NLL in nats / (UTF-8 bytes of the evaluated text * ln 2)
+
+TRIM and SPEC score a held-out token their source does not own as that source's <unk>, which makes
+their bits per byte a little optimistic; `unowned_rate` (the share of such targets) is reported
+next to it so the comparison with SPEC-OPT, GLOB and STD can be judged.
 """
 from __future__ import annotations
 
@@ -36,14 +40,18 @@ def _nll(body, embed, tokens, vocab_size, cfg):
 
 
 def evaluate_source(body, embed, vocab_size: int, cfg, batches) -> dict:
-  """Sum NLL and tokens over a source's eval batches ({'tokens', 'bytes'})."""
-  nll = tok = nbytes = 0
+  """Sum NLL and tokens over a source's eval batches ({'tokens', 'bytes'[, 'unowned_targets']})."""
+  nll = tok = nbytes = unowned = 0
   for b in batches:
     s, t = _nll(body, embed, jnp.asarray(b["tokens"], jnp.int32), vocab_size, model.static_config(cfg))
     nll += float(s)
     tok += int(t)
     nbytes += int(b["bytes"])
-  return summarize(nll, tok, nbytes)
+    unowned += int(b.get("unowned_targets", 0))
+  out = summarize(nll, tok, nbytes)
+  if any("unowned_targets" in b for b in batches):
+    out["unowned_rate"] = unowned / max(tok, 1)
+  return out
 
 
 class Evaluator:
@@ -72,8 +80,9 @@ class Evaluator:
       body, embed = jax.device_put((body, embed), replicated(exp.mesh))
       vocab_size = exp.vocab.sizes[0] if c.variant == "std" else exp.vocab.sizes[k]
       res = evaluate_source(body, embed, vocab_size, c.model, self.batches[k])
-      for key in ("loss", "perplexity", "bits_per_byte"):
-        out[f"eval/{name}/{key}"] = res[key]
+      for key in ("loss", "perplexity", "bits_per_byte", "unowned_rate"):
+        if key in res:
+          out[f"eval/{name}/{key}"] = res[key]
     step = int(jax.device_get(state["step"]))
     self.history.append({"step": step, "global": after_outer, **out})
     return out

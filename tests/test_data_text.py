@@ -3,9 +3,11 @@ import importlib.util
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
+from dept_jax import evaluation, model
 from dept_jax.config_lib import base_config
 from dept_jax.data import build_data, sources, text, tokenizers
 from dept_jax.data.sources import DataError
@@ -259,3 +261,29 @@ def test_trim_min_count_drops_rare_ids_to_unk(tree, tmp_path):
     kept = np.isin(glob_ids, l2g[:b.vocab_size])
     assert (~kept).any() and kept.any()
     assert (local[~kept] == unk_local).all() and (l2g[local[kept]] == glob_ids[kept]).all()
+
+
+def test_trim_eval_reports_the_share_of_targets_it_scores_as_unk(tree, tmp_path):
+  """With min_count high, TRIM/SPEC map many held-out tokens to <unk>; the eval batches count them
+  (targets only, padding and real <unk>s excluded) and the evaluator reports their share."""
+  named = {k: text.source(os.path.join(tree, k)) for k in ("code", "latin")}
+  b = build_data(_config(named, variant="spec", min_count=200), str(tmp_path))
+  s = b.streams[0]
+  owned = set(b.local_to_global[0][:s.vocab_size].tolist())
+  rows_global, _ = s._eval  # held-out rows in global (tokenizer) ids
+  targets = rows_global[:, 1:]
+  real = targets[targets >= 0]
+  expected = int(sum(1 for t in real.tolist() if t not in owned and t != s.unk_id))
+  batches = s.eval_batches()
+  assert expected > 0 and sum(x["unowned_targets"] for x in batches) == expected
+  cfg = base_config().model
+  body = model.init_body(cfg, jax.random.key(0))
+  embed = model.init_embed(cfg, s.vocab_size, jax.random.key(1))
+  res = evaluation.evaluate_source(body, embed, s.vocab_size, cfg, batches)
+  assert res["tokens"] == real.size
+  np.testing.assert_allclose(res["unowned_rate"], expected / real.size)
+  # SPEC-OPT streams emit their own ids: nothing is unowned, so no rate is reported.
+  full = build_data(_config(named), str(tmp_path / "opt"))
+  assert "unowned_rate" not in evaluation.evaluate_source(
+      body, model.init_embed(cfg, full.streams[0].vocab_size, jax.random.key(1)),
+      full.streams[0].vocab_size, cfg, full.streams[0].eval_batches())

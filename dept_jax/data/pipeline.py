@@ -95,13 +95,15 @@ class TextStream:
   """One source's training windows (see the module docstring) and its validation batches.
 
   stream holds token ids in the tokenizer's ids; id_map (optional) turns them into the ids this
-  stream emits (TRIM/SPEC: global -> local). shard (index, count): this host reads windows
+  stream emits (TRIM/SPEC: global -> local, ids the source does not own -> its <unk>, whose
+  tokenizer id is unk_id). shard (index, count): this host reads windows
   index, index + count, ... so hosts never see the same window.
   """
 
   def __init__(self, name, stream, vocab_size, seq_len, batch_size, seed, eval_rows_bytes,
-               id_map=None, shard=(0, 1), train_tokens=None):
+               id_map=None, shard=(0, 1), train_tokens=None, unk_id=0):
     self.name, self.seq_len, self.batch_size = name, seq_len, batch_size
+    self.unk_id = unk_id
     self.vocab_size = int(vocab_size)
     self.stream, self.id_map = stream, id_map
     self.windows = num_windows(len(stream), seq_len)
@@ -129,6 +131,14 @@ class TextStream:
       return tokens
     return np.where(tokens >= 0, self.id_map[np.maximum(tokens, 0)], -1).astype(np.int32)
 
+  def _unowned_targets(self, rows: np.ndarray) -> int:
+    """Held-out targets that id_map turns into <unk> though the text had a real token there:
+    TRIM/SPEC's bits per byte score those as <unk>, which is easier than the true token."""
+    targets = rows[:, 1:]
+    local = self.id_map[np.maximum(targets, 0)]
+    unk_local = self.id_map[self.unk_id]
+    return int(((targets >= 0) & (targets != self.unk_id) & (local == unk_local)).sum())
+
   def next_rows(self, n: int) -> np.ndarray:
     rows = np.stack([next(self._it) for _ in range(n)])
     return self._emit(rows)
@@ -143,7 +153,8 @@ class TextStream:
     self._it.set_state(state["grain"])
 
   def eval_batches(self):
-    """[{'tokens': int32 [batch_size, L+1] (-1 padding), 'bytes': int}] of held-out text."""
+    """[{'tokens': int32 [batch_size, L+1] (-1 padding), 'bytes': int}] of held-out text, plus
+    'unowned_targets' (see _unowned_targets) when the stream maps ids."""
     if self._eval_cache is None:
       rows, row_bytes = self._eval
       out, b = [], self.batch_size
@@ -151,6 +162,9 @@ class TextStream:
         r = rows[s:s + b]
         if len(r) < b:  # constant shapes for jit: pad with rows that predict nothing
           r = np.concatenate([r, np.full((b - len(r), r.shape[1]), -1, np.int32)])
-        out.append({"tokens": self._emit(r), "bytes": int(round(row_bytes[s:s + b].sum()))})
+        batch = {"tokens": self._emit(r), "bytes": int(round(row_bytes[s:s + b].sum()))}
+        if self.id_map is not None:
+          batch["unowned_targets"] = self._unowned_targets(r)
+        out.append(batch)
       self._eval_cache = out
     return self._eval_cache

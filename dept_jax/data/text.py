@@ -225,7 +225,8 @@ def build(config, workdir: str | None) -> DataBundle:
   def make(name, spec, stream, ev, vocab, id_map=None, weighted=False):
     n = len(stream) * (spec.get("weight", 1.0) if weighted else 1.0)
     return pipeline.TextStream(name, stream, vocab, L, config.batch_size, config.seed, ev,
-                               id_map=id_map, shard=(index, count), train_tokens=n)
+                               id_map=id_map, shard=(index, count), train_tokens=n,
+                               unk_id=sps[name].unk_id())
 
   if variant == "spec_opt":
     streams = [make(n, s, st, ev, sps[n].get_piece_size()) for n, s, st, ev in raw]
