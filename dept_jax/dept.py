@@ -236,6 +236,8 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     and a loop over the slots inside each: on CPU the loop ran tiny's 4 / the demo's 6 sources
     1.5x / 1.3x faster than batching their matmuls (bench/RESULTS.md); local_slots='vmap'
     batches them."""
+    if S == 1:
+      return jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], args)))
     if per_slice == 1 or config.get("local_slots", "loop") == "vmap":
       return jax.vmap(fn)(*args)
     split = lambda x: x.reshape((n_slices, per_slice) + x.shape[1:])
@@ -248,11 +250,18 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
         params, {"inputs": inputs, "targets": targets}, vocab_size, cfg)
     if config.freeze_body:  # continued pre-training of a new table on a fixed body
       grads = dict(grads, body=jax.tree.map(jnp.zeros_like, grads["body"]))
-    updates, opt = tx.update(grads, opt, params)
-    new_params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_updates, new_opt = tx.update(grads, opt, params)
+    # A non-finite loss or gradient keeps the previous params and moments. The select sits here,
+    # per source, so XLA fuses it into the update's own pass (as a separate pass over the stacked
+    # state it cost the demo step ~5%).
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_params = jax.tree.map(lambda p, u: keep(p - lr * u, p), params, new_updates)
     params = dict(new_params, body=params["body"]) if config.freeze_body else new_params
+    opt = jax.tree.map(keep, new_opt, opt)
     by_source = jax.nn.one_hot(source_ids, n_metric, dtype=jnp.float32)  # [B, K]
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
                "nll_by_source": aux["nll_per_row"] @ by_source,
                "tokens_by_source": aux["tokens_per_row"].astype(jnp.float32) @ by_source}
     return params, opt, metrics
@@ -269,15 +278,10 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     params, opt, metrics = _over_slots(
         step_fn, state["slots"]["params"], state["slots"]["opt"], batch["inputs"],
         batch["targets"], batch["source_ids"], batch["vocab_size"])
-    finite_S = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-
-    def keep_good(new, old):
-      mask = finite_S.reshape((S,) + (1,) * (new.ndim - 1))
-      return jnp.where(mask, new, old)
-    slots = jax.tree.map(keep_good, {"params": params, "opt": opt}, state["slots"])
-    state = dict(state, slots=slots, step=state["step"] + 1,
+    finite_S = metrics["finite"]
+    state = dict(state, slots={"params": params, "opt": opt}, step=state["step"] + 1,
                  skipped=state["skipped"] + (~finite_S).astype(jnp.int32))
-    return state, dict(metrics, lr=lr, finite=finite_S)
+    return state, dict(metrics, lr=lr)
 
   # ------------------------------------------------------------------ outer step
   def outer_step(state, slot_sources_S, weights_S):
