@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dept_jax import dept, metrics_io, model
-from dept_jax.mesh import replicated
+from dept_jax.mesh import fitted_shardings
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
@@ -64,6 +64,15 @@ class Evaluator:
     self.batches = [s.eval_batches() for s in streams]
     self.history = []
 
+  def _shardings(self, body, embed):
+    """One source's model spread over the whole mesh by the training layout (embed dim over fsdp,
+    heads/mlp/vocab over tensor), not copied onto every device: it fits wherever training did."""
+    cfg = self.exp.config.model
+    axes = {"body": model.axes_from_spec(model.body_spec(cfg)),
+            "embed": model.axes_from_spec(model.embed_spec(cfg, embed["table"].shape[0]))}
+    sh = fitted_shardings(self.exp.mesh, axes, {"body": body, "embed": embed})
+    return sh["body"], sh["embed"]
+
   def run(self, state, slot_sources, after_outer: bool) -> dict:
     exp = self.exp
     c = exp.config
@@ -77,7 +86,7 @@ class Evaluator:
           continue  # sitting this round out: its model did not change
         slot = int(where[0])
       body, embed = dept.source_params(state, c.variant, exp.vocab, k, slot)
-      body, embed = jax.device_put((body, embed), replicated(exp.mesh))
+      body, embed = jax.device_put((body, embed), self._shardings(body, embed))
       vocab_size = exp.vocab.sizes[0] if c.variant == "std" else exp.vocab.sizes[k]
       res = evaluate_source(body, embed, vocab_size, c.model, self.batches[k])
       for key in ("loss", "perplexity", "bits_per_byte", "unowned_rate"):

@@ -53,6 +53,21 @@ def tree_shardings(mesh: Mesh, axes_tree, stacked: bool = False):
   return jax.tree.map(one, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
+def fitted_shardings(mesh: Mesh, axes_tree, shapes_tree):
+  """As tree_shardings (unstacked), but a dimension its mesh axes do not divide stays whole: for
+  one model taken out of the state (e.g. a trimmed table whose rows are not padded) to be spread
+  over every device instead of copied whole onto each."""
+  def one(axes, x):
+    spec = []
+    for dim, a in zip(x.shape, axes):
+      mesh_axes = LOGICAL_RULES[a]
+      names = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
+      size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+      spec.append(mesh_axes if names and dim % size == 0 else None)
+    return NamedSharding(mesh, P(*spec))
+  return jax.tree.map(one, axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
