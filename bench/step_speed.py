@@ -167,6 +167,19 @@ def tuned(c):
   return c
 
 
+def unrolled(c):
+  c = c.copy_and_resolve_references()
+  c.model.scan_layers = False
+  return c
+
+
+def xla_attention(c):
+  """Before the explicit attention: jax.nn.dot_product_attention's XLA path."""
+  c = c.copy_and_resolve_references()
+  c.model.attention = "xla"
+  return c
+
+
 def vmapped(c):
   """Before the slot loop: the K sources on one device batched by vmap (local_slots=vmap)."""
   c = c.copy_and_resolve_references()
@@ -192,6 +205,8 @@ def bench_model(name, steps, repeats):
   fpt = flops_per_token(c.model, V, L)
   cands = {"jax_plain": jax_plain(c, V, B), "dept_1src": jax_dept(c, V, B, 1),
            f"dept_{K}src": jax_dept(c, V, B, K), "torch_eager": torch_eager(c, V, B),
+           "jax_plain_xla_attention": jax_plain(xla_attention(c), V, B),
+           "jax_plain_unrolled": jax_plain(unrolled(c), V, B),
            "jax_plain_tuned": jax_plain(tuned(c), V, B),
            "dept_1src_tuned": jax_dept(tuned(c), V, B, 1),
            f"dept_{K}src_tuned": jax_dept(tuned(c), V, B, K),
@@ -213,6 +228,8 @@ def bench_model(name, steps, repeats):
          "ratio_tuned_dept_vs_torch": tps["dept_1src_tuned"] / tps["torch_eager"],
          "ratio_tuned_dept_vs_plain_tuned": tps["dept_1src_tuned"] / tps["jax_plain_tuned"],
          "ratio_dept_vs_plain": tps["dept_1src"] / tps["jax_plain"],
+         "ratio_explicit_vs_xla_attention": tps["jax_plain"] / tps["jax_plain_xla_attention"],
+         "ratio_unrolled_vs_scan": tps["jax_plain_unrolled"] / tps["jax_plain"],
          "ratio_jax_vs_torch": tps["jax_plain"] / tps["torch_eager"],
          "ratio_dept_vs_torch": tps["dept_1src"] / tps["torch_eager"],
          f"ratio_dept_{K}src_vs_torch": tps[f"dept_{K}src"] / tps["torch_eager"],

@@ -1,5 +1,6 @@
-"""Render bench/results/*.json (step_speed, comm_memory, scaling) into bench/RESULTS.md, between
-the markers below; every other section of RESULTS.md (e.g. the data pipeline's) is left as is.
+"""Render bench/results/*.json (step_speed, dept_vs_plain, profile_step, comm_memory, scaling)
+into bench/RESULTS.md, between the markers below; every other section of RESULTS.md (e.g. the data
+pipeline's) is left as is.
 
   python bench/write_results.py
 """
@@ -39,7 +40,9 @@ def speed_section(d, first=True):
          "FLOPs per training token = 6 (N_matmul + V D) + 12 n_layers L D (documented in "
          "bench/step_speed.py; full L x L attention, no causal discount). Peak = a jitted f32 "
          "2048^3 matmul timed as one more interleaved candidate; MFU = FLOPs/token x tokens/s / "
-         "that peak. `tuned` = bfloat16 compute + unrolled layers.", ""]
+         "that peak. `tuned` = bfloat16 compute + unrolled layers; `unrolled` = f32, unrolled "
+         "layers; `xla_attention` = jax.nn.dot_product_attention's XLA path in place of the "
+         "explicit attention (in runs from before that change, every candidate used it).", ""]
   for r in d["rows"]:
     K = r["sources"]
     out += [f"### {r['model']}: d_model {r['d_model']}, {r['n_layers']} layers, {r['n_heads']} "
@@ -61,8 +64,12 @@ def speed_section(d, first=True):
             ">= 1.0 |",
             f"| DEPT {K} sources on one device / torch eager (per token) | "
             f"{r[f'ratio_dept_{K}src_vs_torch']:.3f} | |"]
+    if "ratio_explicit_vs_xla_attention" in r:
+      out += [f"| plain JAX: explicit attention / jax.nn.dot_product_attention (XLA) | "
+              f"{r['ratio_explicit_vs_xla_attention']:.3f} | |",
+              f"| plain JAX f32: unrolled / scanned layers | {r['ratio_unrolled_vs_scan']:.3f} | |"]
     if f"ratio_dept_{K}src_loop_vs_vmap" in r:
-      out.append(f"| DEPT {K} sources: slot loop / vmap (this change) | "
+      out.append(f"| DEPT {K} sources: slot loop / vmap | "
                  f"{r[f'ratio_dept_{K}src_loop_vs_vmap']:.3f} | |")
     out.append("")
   return out
@@ -154,6 +161,23 @@ def memory_section(d):
   return out
 
 
+def profile_section(d):
+  out = ["### Where the step's time goes (bench/profile_step.py)", "", f"    {d['command']}", "",
+         f"{d['date']}, jax {d['jax']}, load {d['load_avg_1min']:.1f}. Op time per step by kind, "
+         "summed over XLA:CPU's pool threads (thunks overlap, so the sum can exceed the wall "
+         "time); `matmul at peak` is the step's matmul FLOPs at the 2048^3 peak measured in "
+         "the same run.", "",
+         "| model | layers | wall (ms) | matmul at peak | matmul | scan bookkeeping | "
+         "layout copies | elementwise and reductions | all ops |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in d["rows"]:
+    k = r["op_ms_by_kind"]
+    out.append(f"| {r['model']} | {r['layers']} | {r['wall_ms']:.1f} | "
+               f"{r['matmul_at_peak_ms']:.1f} | {k.get('matmul', 0):.1f} | "
+               f"{k.get('scan bookkeeping', 0):.1f} | {k.get('layout copies', 0):.1f} | "
+               f"{k.get('elementwise and reductions', 0):.1f} | {r['op_ms_total']:.1f} |")
+  return out
+
+
 def scaling_section(d):
   out = ["## 4. Scaling (bench/scaling.py)", "", f"    {d['command']}", "",
          f"{d['date']}, model {d['model']}, {d['devices']} fake CPU devices on {d['cpus']} cores "
@@ -187,7 +211,8 @@ def main():
   for i, path in enumerate(paths):
     with open(path) as f:
       parts += speed_section(json.load(f), first=i == 0) + [""]
-  for name, fn in (("dept_vs_plain", dept_vs_plain_section), ("comm_memory", comm_section),
+  for name, fn in (("dept_vs_plain", dept_vs_plain_section), ("profile_step", profile_section),
+                   ("comm_memory", comm_section),
                    ("comm_memory", memory_section), ("scaling", scaling_section)):
     d = load(name)
     if d is not None:
