@@ -40,3 +40,18 @@ def test_flops_per_token_formula_for_tiny():
   assert (c.model.d_model, c.model.n_heads, c.model.d_ff, c.model.n_layers, c.seq_len) == (
       D, H, F, layers, L)
   assert step_speed.flops_per_token(c.model, V, L) == want == 764928
+
+
+def test_profile_kinds_of_thunk_names():
+  import profile_step
+  kinds = {name: profile_step.kind_of(name) for name in (
+      "ynn_fusion.12", "dot.3", "dot_general.88", "wrapped_broadcast.5", "copy.160", "while.3",
+      "bitcast_dynamic-update-slice_fusion.2", "dynamic-slice_bitcast_fusion", "copy_bitcast_fusion.8",
+      "transpose_copy_fusion.1", "add_divide_fusion.2", "broadcast_select_fusion")}
+  assert kinds == {
+      "ynn_fusion.12": "matmul", "dot.3": "matmul", "dot_general.88": "matmul",
+      "wrapped_broadcast.5": "scan bookkeeping", "copy.160": "scan bookkeeping",
+      "while.3": "scan bookkeeping", "bitcast_dynamic-update-slice_fusion.2": "scan bookkeeping",
+      "dynamic-slice_bitcast_fusion": "scan bookkeeping", "copy_bitcast_fusion.8": "layout copies",
+      "transpose_copy_fusion.1": "layout copies", "add_divide_fusion.2": "elementwise and reductions",
+      "broadcast_select_fusion": "elementwise and reductions"}
