@@ -82,9 +82,11 @@ def main():
     c.model.dtype = "float32"
     peak = s.matmul_peak()
     matmul_flops = s.flops_per_token(c.model, V, c.seq_len) * c.batch_size * c.seq_len
-    for label, cfg in (("scanned layers", c), ("unrolled layers", s.unrolled(c))):
+    for label, cfg in (("defaults (scan, remat dots_no_batch)", c),
+                       ("remat none", s.variant(c, remat="none")),
+                       ("unrolled layers", s.unrolled(c))):
       r = profile(s.jax_plain(cfg, V, c.batch_size), args.steps)
-      r.update(model=name, layers=label, peak_gflops=peak / 1e9,
+      r.update(model=name, setting=label, peak_gflops=peak / 1e9,
                matmul_at_peak_ms=matmul_flops / peak * 1e3)
       print(json.dumps(r), flush=True)
       rows.append(r)
