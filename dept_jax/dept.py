@@ -233,9 +233,9 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
   def _over_slots(fn, *args):
     """fn over the leading slot axis. One slot per source slice: vmap (the slot axis is the
     sharded one). Several slots sharing a slice (e.g. all sources on one CPU): vmap over slices,
-    and a loop over the slots inside each: on CPU the loop ran tiny's 4 / the demo's 6 sources
-    1.5x / 1.3x faster than batching their matmuls (bench/RESULTS.md); local_slots='vmap'
-    batches them."""
+    and a loop over the slots inside each: on CPU the loop ran the demo's 6 sources 1.2x faster
+    than batching their matmuls, though tiny's 4 ran 0.76x as fast (bench/RESULTS.md);
+    local_slots='vmap' batches them."""
     if S == 1:
       return jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], args)))
     if per_slice == 1 or config.get("local_slots", "loop") == "vmap":
