@@ -253,9 +253,8 @@ def build(config, mesh, vocab: Vocab, metric_sources: int | None = None) -> Prog
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_updates, new_opt = tx.update(grads, opt, params)
-    # A non-finite loss or gradient keeps the previous params and moments. The select sits here,
-    # per source, so XLA fuses it into the update's own pass (as a separate pass over the stacked
-    # state it cost the demo step ~5%).
+    # A non-finite loss or gradient keeps the previous params and moments (selected per source,
+    # inside the update's own elementwise pass).
     keep = lambda new, old: jnp.where(finite, new, old)
     new_params = jax.tree.map(lambda p, u: keep(p - lr * u, p), params, new_updates)
     params = dict(new_params, body=params["body"]) if config.freeze_body else new_params
