@@ -5,7 +5,7 @@ WORKDIR/tokenizers/ on first run (nothing is downloaded).
 
   python -m dept_jax.main --config configs/demo.py --workdir runs/demo
 
-On a 2-core CPU it takes 3 to 5 minutes, tokenizers included (2m39s measured from a fresh clone
+On a 2-core CPU it takes about 3 minutes, tokenizers included (2m39s measured from a fresh clone
 with six sources at load average ~1.5; expect up to twice that on a busy machine). Expect the console and metrics.jsonl to show every
 source's eval/<source>/loss and eval/<source>/bits_per_byte falling at each eval (every 50 steps):
 measured bits per byte went from 3.0-4.4 at step 50 to 2.3-3.1 at step 400 (prose 3.28 -> 2.67,
