@@ -6,10 +6,11 @@ WORKDIR/tokenizers/ on first run (nothing is downloaded).
   python -m dept_jax.main --config configs/demo.py --workdir runs/demo
 
 On a 2-core CPU it takes about 3 minutes, tokenizers included (2m39s measured from a fresh clone
-with six sources at load average ~1.5; expect up to twice that on a busy machine). Expect the console and metrics.jsonl to show every
-source's eval/<source>/loss and eval/<source>/bits_per_byte falling at each eval (every 50 steps):
-measured bits per byte went from 3.0-4.4 at step 50 to 2.3-3.1 at step 400 (prose 3.28 -> 2.67,
-python 4.13 -> 3.04, c_headers 3.97 -> 2.91, msg_ja 2.97 -> 2.30).
+with six sources at load average ~1.5; expect up to twice that on a busy machine). Expect the
+console and metrics.jsonl to show every source's eval/<source>/loss and eval/<source>/bits_per_byte
+falling at each eval (every 50 steps): measured bits per byte went from 3.0-4.4 at step 50 to
+2.3-3.1 at step 400 (prose 3.28 -> 2.67, python 4.13 -> 3.04, c_headers 3.97 -> 2.91, msg_ja 2.97 ->
+2.30).
 Other variants: --config.variant=trim (one global tokenizer, trimmed per source).
 """
 from dept_jax.config_lib import base_config
