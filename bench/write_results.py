@@ -170,7 +170,7 @@ def profile_section(d):
          "layout copies | elementwise and reductions | all ops |", "|---|---|---|---|---|---|---|---|---|"]
   for r in d["rows"]:
     k = r["op_ms_by_kind"]
-    out.append(f"| {r['model']} | {r.get('setting', r.get('layers'))} | {r['wall_ms']:.1f} | "
+    out.append(f"| {r['model']} | {r['setting']} | {r['wall_ms']:.1f} | "
                f"{r['matmul_at_peak_ms']:.1f} | {k.get('matmul', 0):.1f} | "
                f"{k.get('scan bookkeeping', 0):.1f} | {k.get('layout copies', 0):.1f} | "
                f"{k.get('elementwise and reductions', 0):.1f} | {r['op_ms_total']:.1f} |")

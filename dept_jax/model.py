@@ -163,13 +163,13 @@ def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, cfg, causal_offset=None):
   jax.nn.dot_product_attention on GPU, the explicit path elsewhere; xla = jax.nn's XLA path.
   Decoding with a KV cache (causal_offset set) always takes the explicit path."""
   impl = cfg.attention
-  if impl == "auto":
-    impl = "cudnn_or_xla" if jax.default_backend() == "gpu" else "explicit"
-  if causal_offset is not None or impl == "explicit":
+  off_gpu_auto = impl == "auto" and jax.default_backend() != "gpu"
+  if causal_offset is not None or impl == "explicit" or off_gpu_auto:
     return explicit_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH,
                               0 if causal_offset is None else causal_offset)
+  # implementation=None lets jax pick cuDNN's fused kernel where it applies.
   return jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, is_causal=True,
-                                      implementation=None if impl == "cudnn_or_xla" else impl)
+                                      implementation=None if impl == "auto" else impl)
 
 
 def block(x_BxLxD, p, cfg, cos, sin, kv_cache=None, offset=None):
