@@ -1,32 +1,33 @@
 """The paper's 125M DEPT preset on The Pile: 16 domains as 16 sources, GPT-NeoX-sized vocabulary.
 
-  python -m dept_jax.main --config configs/pile_125m.py:spec,/path/to/pile_by_domain \
+  python -m dept_jax.main --mode=prepare --config configs/pile_125m.py:spec,/data/pile_by_domain,/models/neox/tokenizer.json
+  python -m dept_jax.main --config configs/pile_125m.py:spec,/data/pile_by_domain,/models/neox/tokenizer.json \
       --workdir /mnt/gcs/BUCKET/runs/pile125m_spec
   # check the memory before renting: python -m dept_jax.main --mode=compile --config configs/pile_125m.py
+
+Argument: VARIANT[,DATA_ROOT[,TOKENIZER]]. DATA_ROOT has one subfolder per Pile domain (Ubuntu IRC
+held out) holding text, .jsonl or .parquet files of any size. TOKENIZER is the paper's GPT-NeoX
+tokenizer.json (or any sentencepiece .model / tokenizer.json); without it a 50,257-piece unigram
+model is trained on a 64 MB sample streamed from every domain. `--mode=prepare` tokenizes the corpus
+once into data.cache_dir (every host its share); training runs and variants then stream from it.
 
 width 768, 12 blocks, 12 heads, seq 2048, global batch 256 (16 per source), peak lr 6e-4,
 5,000 local steps in 10 rounds of 500. The paper reports DEPT's best variant ~15% lower perplexity
 than STD after continued pre-training (at 350M); this preset is for reproducing the direction.
-DATA_ROOT is a folder with one subfolder of text per Pile domain (Ubuntu IRC held out).
 """
 from dept_jax.config_lib import base_config
-from dept_jax.data.text import add_text_data, folder_sources
+from dept_jax.data.text import paper_preset_data
 
 
 def get_config(arg: str = "spec"):
-  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source)."""
-  variant, _, root = (arg or "spec").partition(",")
   c = base_config()
-  c.variant = variant or "spec"
   c.steps, c.local_steps = 5000, 500
   c.batch_size, c.seq_len = 16, 2048
   c.model.update(d_model=768, n_layers=12, n_heads=12, d_ff=2048, dtype="bfloat16",
                  remat="dots_no_batch", init_std=0.02)
   c.optim.update(lr=6e-4, warmup_steps=100)
-  c.data.update(num_sources=16, vocab_size=50257, source_vocab_size=50257)
-  add_text_data(c, folder_sources(root) if root else {})
-  if not root:  # shapes only (--mode=compile, tests); training asks for the data root
-    c.data.num_sources = 16
+  paper_preset_data(c, arg, default_variant="spec", sources=16, vocab_size=50257,
+                    source_vocab_size=50257)
   c.log.every = 50
   c.checkpoint.every = 250
   return c

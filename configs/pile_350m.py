@@ -1,30 +1,26 @@
 """The paper's 350M DEPT preset on The Pile (16 domain sources).
 
-  python -m dept_jax.main --config configs/pile_350m.py:spec,/path/to/pile_by_domain \
+  python -m dept_jax.main --config configs/pile_350m.py:spec,/data/pile_by_domain,/models/neox/tokenizer.json \
       --workdir /mnt/gcs/BUCKET/runs/pile350m_spec
 
-width 1024, 24 blocks, 16 heads, seq 2048, global batch 256 (16 per source), peak lr 3e-4,
-13,500 local steps in 27 rounds of 500. Paper: DEPT's best variant ~15.3% lower perplexity than the
-best STD after continued pre-training; even the worst variant ~9.7% lower.
+Argument: VARIANT[,DATA_ROOT[,TOKENIZER]], as in configs/pile_125m.py (prepare the data once with
+--mode=prepare first). width 1024, 24 blocks, 16 heads, seq 2048, global batch 256 (16 per source),
+peak lr 3e-4, 13,500 local steps in 27 rounds of 500. Paper: DEPT's best variant ~15.3% lower
+perplexity than the best STD after continued pre-training; even the worst variant ~9.7% lower.
 """
 from dept_jax.config_lib import base_config
-from dept_jax.data.text import add_text_data, folder_sources
+from dept_jax.data.text import paper_preset_data
 
 
 def get_config(arg: str = "spec"):
-  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source)."""
-  variant, _, root = (arg or "spec").partition(",")
   c = base_config()
-  c.variant = variant or "spec"
   c.steps, c.local_steps = 13500, 500
   c.batch_size, c.seq_len = 16, 2048
   c.model.update(d_model=1024, n_layers=24, n_heads=16, d_ff=2816, dtype="bfloat16",
                  remat="dots_no_batch", init_std=0.02)
   c.optim.update(lr=3e-4, warmup_steps=100)
-  c.data.update(num_sources=16, vocab_size=50257, source_vocab_size=50257)
-  add_text_data(c, folder_sources(root) if root else {})
-  if not root:  # shapes only (--mode=compile, tests); training asks for the data root
-    c.data.num_sources = 16
+  paper_preset_data(c, arg, default_variant="spec", sources=16, vocab_size=50257,
+                    source_vocab_size=50257)
   c.log.every = 50
   c.checkpoint.every = 500
   return c

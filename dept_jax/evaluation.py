@@ -59,9 +59,9 @@ class Evaluator:
 
   def __init__(self, exp):
     self.exp = exp
-    streams = exp.data.global_streams if exp.config.variant == "std" else exp.data.streams
-    # Each stream sizes its own eval set (text: the same held-out bytes for every tokenizer).
-    self.batches = [s.eval_batches() for s in streams]
+    # Each source sizes its own eval set (text: the same held-out bytes for every tokenizer).
+    self.batches = (exp.data.global_eval_batches if exp.config.variant == "std"
+                    else [s.eval_batches for s in exp.data.sources])
     self.history = []
 
   def _shardings(self, body, embed):

@@ -3,12 +3,14 @@ config, the data, each source's vocabulary, the mesh and the compiled-on-use DEP
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import grain
 import jax
 import numpy as np
 
 from dept_jax import config_lib, dept
-from dept_jax.data import DataBundle, MixtureStream, build_data, temperature_probs
+from dept_jax.data import DataBundle, build_data, feed, temperature_probs
 from dept_jax.mesh import make_mesh
 
 
@@ -20,7 +22,7 @@ class Experiment:
   mesh: object
   program: dept.Program
   names: list  # source names, fixed order
-  streams: list  # what feeds slot i (std: one MixtureStream)
+  _batch_fn: object = None
 
   @property
   def num_sources(self) -> int:
@@ -38,12 +40,68 @@ class Experiment:
 
   def outer_weights(self, slot_sources) -> np.ndarray:
     if self.config.outer.weighting == "tokens":
-      return np.asarray([self.data.streams[k].train_tokens for k in slot_sources], np.float32)
+      return np.asarray([self.data.sources[k].train_tokens for k in slot_sources], np.float32)
     return np.ones((len(slot_sources),), np.float32)
+
+  def global_batch_shape(self) -> tuple[int, int]:
+    """(slots, rows per slot) of a step's batch; STD's one slot holds every source's share."""
+    c = self.config
+    return self.program.slots, c.batch_size * (self.num_sources if c.variant == "std" else 1)
+
+  def host_batch(self, step: int) -> dict:
+    """This host's block of step `step`'s batch (numpy); it depends only on the step."""
+    if self._batch_fn is None:
+      c = self.config
+      S, B = self.global_batch_shape()
+      box = feed.host_box(self.program.batch_shardings["inputs"], (S, B, c.seq_len))
+      if c.variant == "std":
+        self._batch_fn = functools.partial(feed.mixture_batch, std_mixture(self.data, c),
+                                           self.vocab.sizes[0], B, box)
+      else:
+        schedule = feed.Schedule(self.slot_sources, self.num_sources, c.local_steps, c.steps)
+        self._batch_fn = functools.partial(feed.source_batch,
+                                           [s.windows for s in self.data.sources], schedule,
+                                           self.vocab.sizes, B, box)
+    return self._batch_fn(step)
+
+  def batch(self, step: int) -> dict:
+    """Step `step`'s batch as device arrays (unprefetched: for tests and tools)."""
+    return self.to_device(self.host_batch(step))
+
+  def batches(self, start_step: int):
+    """Host blocks of every step's batch from start_step on, built ahead by grain threads while
+    the device runs (nothing to restore on resume: a batch depends only on its step)."""
+    c = self.config
+    return feed.prefetched(self.host_batch, start_step, c.steps,
+                           int(c.data.get("read_threads", 2)), int(c.data.get("prefetch", 4)))
+
+  def to_device(self, host_batch: dict) -> dict:
+    """Host block -> global arrays laid out by the step's batch shardings (each process gives
+    only the rows its own devices hold)."""
+    S, B = self.global_batch_shape()
+    shapes = {"inputs": (S, B, self.config.seq_len), "targets": (S, B, self.config.seq_len),
+              "source_ids": (S, B), "vocab_size": (S,)}
+    sh = self.program.batch_shardings
+    return {k: jax.make_array_from_process_local_data(sh[k], v, shapes[k])
+            for k, v in host_batch.items()}
+
+
+def std_mixture(data: DataBundle, config):
+  """STD's stream: every source's windows (global ids) interleaved in proportion to
+  (weight x tokens) ** temperature, each row with its source."""
+  sizes = [s.train_tokens * s.weight for s in data.sources]
+  probs = temperature_probs(sizes, config.data.temperature)
+  return grain.MapDataset.mix(
+      [w.map(functools.partial(_with_source, k)) for k, w in enumerate(data.global_windows)],
+      weights=list(probs))
+
+
+def _with_source(k, window):
+  return window, k
 
 
 def vocab_for(variant: str, data: DataBundle) -> dept.Vocab:
-  sizes = tuple(int(s.vocab_size) for s in data.streams)
+  sizes = tuple(int(s.vocab_size) for s in data.sources)
   if variant == "std":
     return dept.Vocab((int(data.global_vocab_size),), None, data.global_vocab_size)
   if variant in dept.SHARED_TABLE_VARIANTS:
@@ -51,30 +109,25 @@ def vocab_for(variant: str, data: DataBundle) -> dept.Vocab:
   return dept.Vocab(sizes)
 
 
-def setup(config, workdir: str | None, devices=None) -> Experiment:
+def setup(config, workdir: str | None, devices=None, training: bool = True) -> Experiment:
+  """training=False (eval, export, generate): a text run's data comes from its own record."""
   devices = devices if devices is not None else jax.devices()
   # The cheap checks first: a bad key fails before any data is read or anything compiles.
   config_lib.validate(config, len(devices))
-  data = build_data(config, workdir)
-  if len(data.streams) != config.data.num_sources:
+  data = build_data(config, workdir, training)
+  if len(data.sources) != config.data.num_sources:
     raise config_lib.ConfigError(
         f"config.data.num_sources is {config.data.num_sources} but the data has "
-        f"{len(data.streams)} sources ({', '.join(data.names)}). Fix: set data.num_sources="
-        f"{len(data.streams)}.")
-  if config.variant == "std" and data.global_streams is None:
+        f"{len(data.sources)} sources ({', '.join(data.names)}). Fix: set data.num_sources="
+        f"{len(data.sources)}.")
+  if config.variant == "std" and data.global_windows is None:
     raise config_lib.ConfigError("variant std needs the sources in global-tokenizer ids; this "
                                  "data kind does not provide them. Fix: use another variant.")
-  shape = config_lib.validate(config, len(devices), len(data.streams))
+  shape = config_lib.validate(config, len(devices), len(data.sources))
   mesh = make_mesh(shape, devices)
   vocab = vocab_for(config.variant, data)
-  program = dept.build(config, mesh, vocab, metric_sources=len(data.streams))
-  if config.variant == "std":
-    probs = temperature_probs([s.train_tokens for s in data.global_streams],
-                              config.data.temperature)
-    streams = [MixtureStream(data.global_streams, probs, config.seed)]
-  else:
-    streams = list(data.streams)
-  return Experiment(config, data, vocab, mesh, program, data.names, streams)
+  program = dept.build(config, mesh, vocab, metric_sources=len(data.sources))
+  return Experiment(config, data, vocab, mesh, program, data.names)
 
 
 def abstract_vocab(config) -> dept.Vocab:
@@ -117,7 +170,7 @@ def load_run(workdir: str, step: int | None = None, devices=None):
                             "Fix: pass the --workdir of a training run.")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  exp = setup(config, workdir, devices)
+  exp = setup(config, workdir, devices, training=False)
   ckpt = Checkpointer(workdir, config.checkpoint)
   got, state, _, _ = ckpt.restore(exp.program.abstract_state, step)
   ckpt.close()

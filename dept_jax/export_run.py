@@ -36,13 +36,13 @@ def source_model(exp, state, name: str):
     return body, embed, exp.vocab.sizes[k], toks.get(name)
   G = exp.data.global_vocab_size
   if variant in ("std", "glob"):
-    return body, jax.tree.map(lambda t: t[:G], embed), G, toks.get("global")
+    return body, jax.tree.map(lambda t: t[:G], embed), G, toks.get(name)
   l2g = exp.data.local_to_global[k]
   if variant == "trim":
     base = jax.tree.map(np.asarray, jax.device_get(state["global"]["embed"]))
   else:  # spec: no global table exists; rows this source never owned stay zero
     base = jax.tree.map(lambda t: np.zeros((G,) + t.shape[1:], t.dtype), embed)
-  return body, hf_export.scatter_to_global(embed, l2g, base), G, toks.get("global")
+  return body, hf_export.scatter_to_global(embed, l2g, base), G, toks.get(name)
 
 
 def _need_tokenizer(path, workdir):
@@ -83,23 +83,23 @@ def _owned_ids(exp, k: int) -> np.ndarray:
 
 def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_tokens=64,
                   temperature=0.8, top_k=0, top_p=1.0, seed=0) -> str:
-  import sentencepiece as spm
+  from dept_jax.data import tokenizers
   exp, state, _ = experiment.load_run(workdir, step)
   body, embed, vocab_size, tok = source_model(exp, state, source)
-  sp = spm.SentencePieceProcessor(model_file=_need_tokenizer(tok, workdir))
-  ids = sp.encode(prompt) or [sp.eos_id()]
+  sp = tokenizers.load(_need_tokenizer(tok, workdir))
+  ids = sp.encode([prompt])[0].tolist() or [sp.eos_id]
   to_global = None
   if exp.config.variant in ("trim", "spec"):
     # Sample from the softmax the source trained: its local table over its own ids.
     k = exp.names.index(source)
     to_global = _owned_ids(exp, k)
     local = {int(g): i for i, g in enumerate(to_global)}
-    unk = local[sp.unk_id()]
+    unk = local[sp.unknown_id]
     ids = [local.get(i, unk) for i in ids]
     body, embed = jax.tree.map(np.asarray, jax.device_get(
         dept.source_params(state, exp.config.variant, exp.vocab, k, None)))
     vocab_size = exp.vocab.sizes[k]
-  eos = sp.eos_id() if to_global is None else local[sp.eos_id()]
+  eos = sp.eos_id if to_global is None else local[sp.eos_id]
   new = generate.generate(body, embed, vocab_size, exp.config.model, ids,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                           top_p=top_p, seed=seed, eos_id=eos)

@@ -1,6 +1,7 @@
 """dept_jax command line: parse flags, then hand over to one library function per mode.
 
   python -m dept_jax.main --config configs/tiny.py:spec --workdir runs/tiny [--config.steps=100]
+  python -m dept_jax.main --mode=prepare --config configs/demo.py [--workdir runs/demo]
   python -m dept_jax.main --mode=eval --workdir runs/tiny [--step 200]
   python -m dept_jax.main --mode=compile --config configs/pile_125m.py
 """
@@ -18,8 +19,8 @@ from dept_jax.train import NonFiniteLossError
 config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, tokenizers.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "report", "export", "generate"],
-                  "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "prepare", "eval", "compile", "report", "export",
+                                   "generate"], "What to do.")
 flags.DEFINE_integer("step", None, "Checkpoint step to read (eval/export/generate); default latest.")
 flags.DEFINE_string("source", None, "Source name (export/generate).")
 flags.DEFINE_string("out", None, "Output directory (export).")

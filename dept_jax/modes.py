@@ -40,6 +40,8 @@ def run(mode: str, flags) -> None:
     workdir = _require(flags.workdir, "workdir", mode)
     train.train(config, workdir)
     report.plot(workdir)
+  elif mode == "prepare":
+    prepare_data(_require(flags.config, "config", mode), flags.workdir)
   elif mode == "compile":
     compile_report(_require(flags.config, "config", mode))
   elif mode == "eval":
@@ -57,6 +59,26 @@ def run(mode: str, flags) -> None:
         _require(flags.workdir, "workdir", mode), _require(flags.source, "source", mode),
         flags.prompt, step=flags.step, max_new_tokens=flags.max_new_tokens,
         temperature=flags.temperature, top_k=flags.top_k, top_p=flags.top_p, seed=flags.seed))
+
+
+def prepare_data(config, workdir: str | None) -> dict:
+  """Tokenize every source into the token cache once (checking the shards already there against
+  their checksums); training runs, variants and hosts then stream from it."""
+  import time
+
+  from dept_jax import config_lib
+  from dept_jax.data import cache, text
+  config_lib.validate(config, jax.device_count())
+  if config.data.kind != "text":
+    print(f"[dept_jax] data.kind={config.data.kind} needs no preparation", flush=True)
+    return {}
+  start = time.perf_counter()
+  srcs = text.prepare(config, workdir, verify=True)
+  for src in srcs.values():
+    print(f"[dept_jax] {cache.describe(src)}", flush=True)
+  print(f"[dept_jax] token cache ready in {time.perf_counter() - start:.1f} s: "
+        f"{next(iter(srcs.values())).cache.dir if srcs else ''}", flush=True)
+  return srcs
 
 
 def compile_report(config) -> dict:

@@ -62,40 +62,18 @@ def run_meta(exp) -> dict:
 
 
 def data_state(exp, acc=None) -> dict:
-  """Host-side state saved beside the arrays: stream positions and the partial logging interval
-  (so a resumed run logs exactly the numbers an uninterrupted one would)."""
-  out = {"streams": [s.get_state() for s in exp.streams]}
+  """Host-side state saved beside the arrays. The data position is the step itself (a step's
+  batch depends only on the step); what is saved is the partial logging interval, so a resumed
+  run logs exactly the numbers an uninterrupted one would."""
+  out = {"sources": list(exp.names)}
   if acc is not None:
     out["log_accumulator"] = acc.get_state()
   return out
 
 
 def set_data_state(exp, state: dict, acc=None):
-  for s, st in zip(exp.streams, state["streams"]):
-    s.set_state(st)
   if acc is not None and "log_accumulator" in state:
     acc.set_state(state["log_accumulator"])
-
-
-def next_batch(exp, slot_sources):
-  """Host rows for every slot -> the step's batch dict."""
-  B = exp.config.batch_size
-  if exp.config.variant == "std":
-    rows, ids = exp.streams[0].next_rows_with_sources(B * exp.num_sources)
-    return dept.make_batch(rows[None], ids[None], [exp.vocab.sizes[0]])
-  rows = np.stack([exp.streams[k].next_rows(B) for k in slot_sources])
-  ids = np.repeat(np.asarray(slot_sources)[:, None], B, axis=1)
-  return dept.make_batch(rows, ids, [exp.vocab.sizes[k] for k in slot_sources])
-
-
-def to_device(batch, shardings):
-  """Single process: jit places host arrays. Several: every host built the same global batch
-  (every host reads every window; see data.shard_count), and each contributes the shards its own
-  devices hold."""
-  if jax.process_count() == 1:
-    return batch
-  return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
-          for k, v in batch.items()}
 
 
 def host_get(tree):
@@ -137,20 +115,20 @@ def train(config, workdir: str) -> dict:
 
   writer = metrics_io.MetricsWriter(workdir, c.steps, step, tensorboard=c.log.tensorboard,
                                     progress=c.log.progress)
-  batch_sh = prog.batch_shardings if jax.process_count() > 1 else None
   outer_compiled, outer_bytes = None, 0
   evaluator = evaluation.Evaluator(exp)
   timer = metrics_io.StepTimer()
   tokens_per_step = c.batch_size * c.seq_len * (exp.num_sources if std else prog.slots)
   summary = {}
 
+  batches = exp.batches(step)
   with _Preemption() as preempt:
     while step < c.steps:
       rnd = step // N
       slot_sources = exp.slot_sources(rnd)
       if not std and step % N == 0:
         state = prog.begin_round(state, slot_sources)
-      batch = to_device(next_batch(exp, slot_sources), batch_sh)
+      batch = exp.to_device(next(batches))
       state, m = prog.local_step(state, batch)
       m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
                                               "tokens_by_source", "grad_norm", "lr")})

@@ -187,8 +187,8 @@ def nan_config(policy):
 
 
 def plant_nan(monkeypatch, at_call: int, slot: int):
-  """An all-zeros row makes that source's loss NaN: planted in `slot`'s batch of call `at_call`
-  (1-based) to train.next_batch. Returns nothing; undone by monkeypatch."""
+  """An all-zeros row makes that source's loss NaN: planted in `slot`'s batch of step at_call
+  (1-based). Returns nothing; undone by monkeypatch."""
   real_loss = model.loss_fn
 
   def loss_fn(params, batch, vocab_size, cfg):
@@ -196,16 +196,14 @@ def plant_nan(monkeypatch, at_call: int, slot: int):
     poisoned = jnp.all(batch["inputs"] == 0, axis=-1).any()
     return jnp.where(poisoned, jnp.nan, loss), aux
   monkeypatch.setattr(model, "loss_fn", loss_fn)
-  real_next = train.next_batch
-  calls = {"n": 0}
+  real_batch = experiment.Experiment.host_batch
 
-  def next_batch(exp, slot_sources):
-    batch = real_next(exp, slot_sources)
-    calls["n"] += 1
-    if calls["n"] == at_call:
+  def host_batch(self, step):
+    batch = real_batch(self, step)
+    if step + 1 == at_call:
       batch["inputs"][slot, 0, :] = 0
     return batch
-  monkeypatch.setattr(train, "next_batch", next_batch)
+  monkeypatch.setattr(experiment.Experiment, "host_batch", host_batch)
 
 
 @pytest.fixture
@@ -228,8 +226,8 @@ def test_nan_stops_with_step_round_source_and_saves_last_good(planted_nan, tmp_p
   assert np.asarray(state["skipped"]).tolist() == [0, 0, 1, 0]
   for leaf in jax.tree.leaves(state["slots"]):
     assert np.isfinite(np.asarray(leaf)).all()
-  # Resuming does not replay the bad batch: every stream is past step 7's rows.
-  assert [d["position"] for d in data["streams"]] == [7 * 4] * 4
+  # Resuming does not replay the bad batch: the data position is the saved step.
+  assert data["sources"] == exp.names
 
 
 def test_nan_right_after_a_round_end_checkpoint(monkeypatch, tmp_path):

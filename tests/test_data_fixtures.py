@@ -34,3 +34,17 @@ def write_tree(root: str, kinds=("latin", "cyrillic", "code"), n_docs=12, words=
       with open(os.path.join(root, kind, f"doc{i:02d}.txt"), "w", encoding="utf-8") as f:
         f.write(doc)
   return root
+
+
+def write_hf_tokenizer(path: str, texts, vocab_size: int = 400) -> str:
+  """A byte-level BPE tokenizer.json trained here with the `tokenizers` library (as GPT-NeoX's
+  is built), with <|endoftext|> as its end-of-document token."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(list(texts), trainer)
+  tok.save(path)
+  return path

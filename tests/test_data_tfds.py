@@ -7,8 +7,8 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from dept_jax.config_lib import base_config  # noqa: E402
-from dept_jax.data import build_data, sources, text  # noqa: E402
-from dept_jax.data.sources import DataError  # noqa: E402
+from dept_jax.data import build_data, documents, text  # noqa: E402
+from dept_jax.data.base import DataError  # noqa: E402
 from test_data_fixtures import make_docs  # noqa: E402
 
 DOCS = make_docs("latin", 20, 400, seed=7)
@@ -37,28 +37,36 @@ def data_dir(tmp_path_factory):
   return d
 
 
-def test_tfds_source_reads_every_example(data_dir):
-  got = sources.read_documents("t", {"path": "dept_tiny_text", "format": "tfds",
-                                     "data_dir": data_dir, "split": "train"})
-  assert sorted(got.texts) == sorted(DOCS)
+def _read(name, spec, unit_examples=20_000):
+  stats = documents.ReadStats()
+  units = documents.plan(name, spec, unit_examples=unit_examples)
+  return units, [d for u in units for d in documents.read_unit(u, stats)]
 
 
-def test_tfds_source_trains_a_stream(data_dir, tmp_path):
+def test_tfds_source_reads_every_example_by_index_ranges(data_dir):
+  spec = {"path": "dept_tiny_text", "format": "tfds", "data_dir": data_dir, "split": "train"}
+  units, docs = _read("t", spec, unit_examples=6)
+  assert [(u.parts[0].start, u.parts[0].stop) for u in units] == [(0, 6), (6, 12), (12, 18),
+                                                                   (18, 20)]
+  assert sorted(docs) == sorted(DOCS)
+
+
+def test_tfds_source_trains_windows(data_dir, tmp_path):
   c = base_config()
   c.variant, c.batch_size, c.seq_len = "spec_opt", 4, 32
   text.add_text_data(c, {"t": text.source("dept_tiny_text", format="tfds", data_dir=data_dir)})
-  c.data.source_vocab_size = 300
+  c.data.update(source_vocab_size=300, cache_dir=str(tmp_path / "cache"), workers=1)
   b = build_data(c, str(tmp_path))
-  rows = b.streams[0].next_rows(4)
+  rows = np.stack([b.sources[0].windows[i] for i in range(4)])
   assert rows.shape == (4, 33) and rows.max() < 300
 
 
 def test_tfds_missing_field_and_missing_dataset(data_dir, tmp_path):
   with pytest.raises(DataError, match=r"source 't': tfds example 0 has no feature 'body' "
                      r"\(has: text\)\. Fix: set config.data.sources.t.field"):
-    sources.read_documents("t", {"path": "dept_tiny_text", "format": "tfds",
-                                 "data_dir": data_dir, "field": "body"})
+    _read("t", {"path": "dept_tiny_text", "format": "tfds", "data_dir": data_dir,
+                "field": "body"})
   with pytest.raises(DataError, match=r"source 'n': tensorflow-datasets could not open "
                      r"'dept_tiny_text'.*Fix: prepare the dataset as array_record"):
-    sources.read_documents("n", {"path": "dept_tiny_text", "format": "tfds",
-                                 "data_dir": str(tmp_path / "empty")})
+    documents.plan("n", {"path": "dept_tiny_text", "format": "tfds",
+                         "data_dir": str(tmp_path / "empty")})

@@ -7,7 +7,6 @@ import optax
 import pytest
 
 from dept_jax import config_lib, dept, experiment, hlo_comm, model, optim
-from dept_jax.train import next_batch
 
 
 def tiny_config(variant="spec", **overrides):
@@ -25,15 +24,11 @@ _EXPERIMENTS = {}
 
 def setup(variant="spec", **overrides):
   """Experiments (and so their compiled steps) are shared by the tests that ask for the same one;
-  each test makes its own fresh state, and the data streams are rewound."""
+  each test makes its own fresh state (a step's batch depends only on the step)."""
   key = (variant, tuple(sorted(overrides.items())))
   if key not in _EXPERIMENTS:
-    exp = experiment.setup(tiny_config(variant, **overrides), None)
-    _EXPERIMENTS[key] = (exp, [s.get_state() for s in exp.streams])
-  exp, start = _EXPERIMENTS[key]
-  for s, st in zip(exp.streams, start):
-    s.set_state(st)
-  return exp
+    _EXPERIMENTS[key] = experiment.setup(tiny_config(variant, **overrides), None)
+  return _EXPERIMENTS[key]
 
 
 def host(tree):
@@ -43,8 +38,8 @@ def host(tree):
 def run_local(exp, state, n):
   idx = exp.slot_sources(0)
   state = exp.program.begin_round(state, idx)
-  for _ in range(n):
-    state, _ = exp.program.local_step(state, next_batch(exp, idx))
+  for t in range(n):
+    state, _ = exp.program.local_step(state, exp.batch(t))
   return state, idx
 
 
@@ -157,14 +152,13 @@ def test_one_source_fedavg_equals_plain_training():
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
 
-  twin = exp.data.streams[0].__class__.__new__(exp.data.streams[0].__class__)
-  twin.__dict__.update(exp.data.streams[0].__dict__)
+  windows = exp.data.sources[0].windows
   for step in range(c.steps):
     idx = exp.slot_sources(step // c.local_steps)
     if step % c.local_steps == 0:
       state = exp.program.begin_round(state, idx)
-    state, m = exp.program.local_step(state, next_batch(exp, idx))
-    rows = twin.next_rows(c.batch_size)
+    state, m = exp.program.local_step(state, exp.batch(step))
+    rows = np.stack([windows[step * c.batch_size + j] for j in range(c.batch_size)])
     params, opt, loss = plain_step(params, opt, {"inputs": np.maximum(rows[:, :-1], 0),
                                                  "targets": rows[:, 1:]})
     np.testing.assert_allclose(float(m["loss"][0]), float(loss), rtol=2e-5)
@@ -213,8 +207,8 @@ def test_sources_sitting_out_keep_their_tables():
   idx = exp.slot_sources(0)
   out = sorted(set(range(4)) - set(idx.tolist()))
   state = exp.program.begin_round(state, idx)
-  for _ in range(2):
-    state, _ = exp.program.local_step(state, next_batch(exp, idx))
+  for t in range(2):
+    state, _ = exp.program.local_step(state, exp.batch(t))
   state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
   bank_after = host(state["bank"]["embed"]["table"])
   np.testing.assert_array_equal(bank_after[out], bank_before[out])
@@ -252,10 +246,9 @@ def test_std_mixture_follows_temperature():
   np.testing.assert_allclose(p, [1 / 3, 2 / 3])
   np.testing.assert_allclose(temperature_probs([100, 400], 0.0), [0.5, 0.5])
   exp = setup("std", **{"data.temperature": 1.0})
-  mix = exp.streams[0]
-  ids = np.concatenate([mix.next_rows_with_sources(64)[1] for _ in range(20)])
+  ids = np.concatenate([exp.host_batch(t)["source_ids"][0] for t in range(20)])
   freq = np.bincount(ids, minlength=4) / len(ids)
-  expected = temperature_probs([s.train_tokens for s in exp.data.global_streams], 1.0)
+  expected = temperature_probs([s.train_tokens for s in exp.data.sources], 1.0)
   np.testing.assert_allclose(freq, expected, atol=0.04)
 
 
@@ -279,8 +272,8 @@ def test_trim_with_fewer_slices_banks_each_sources_moments():
   idx = exp.slot_sources(0)
   out = sorted(set(range(4)) - set(idx.tolist()))
   state = exp.program.begin_round(state, idx)
-  for _ in range(2):
-    state, _ = exp.program.local_step(state, next_batch(exp, idx))
+  for t in range(2):
+    state, _ = exp.program.local_step(state, exp.batch(t))
   slot_mu = host(state["slots"]["opt"])[1].mu["embed"]["table"]
   state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
   bank_mu = host(state["bank"]["opt"])[1].mu["embed"]["table"]

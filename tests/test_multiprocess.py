@@ -3,6 +3,7 @@ through the same CLI path a TPU pod uses (--num_processes/--process_id/--coordin
 must match the single-process 8-device run: same mesh, same losses, one writer."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,15 +26,15 @@ def _metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def _run_two_processes(workdir, timeout=150):
+def _run_two_processes(workdir, timeout=150, config="configs/tiny.py:spec", overrides=OVERRIDES):
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
   env.pop("DEPT_JAX_DISTRIBUTED", None)
   procs = []
   for pid in range(2):
-    cmd = [sys.executable, "-m", "dept_jax.main", "--config", "configs/tiny.py:spec",
-           "--workdir", workdir, *OVERRIDES, "--num_processes=2", f"--process_id={pid}",
+    cmd = [sys.executable, "-m", "dept_jax.main", "--config", config,
+           "--workdir", workdir, *overrides, "--num_processes=2", f"--process_id={pid}",
            f"--coordinator_address=localhost:{port}"]
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
@@ -84,3 +85,50 @@ def test_two_processes_match_one(tmp_path):
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == \
       sorted(os.listdir(os.path.join(single, "checkpoints")))
   assert "step 20 eval" in outs[0] and "step 20 eval" not in outs[1]
+
+
+def test_two_hosts_prepare_their_share_and_read_their_rows_of_text(tmp_path):
+  """Text data on 2 processes: each host tokenizes its share of the units into the shared cache
+  and builds only the batch rows its devices hold; the run equals the 1-process run."""
+  from test_data_fixtures import write_tree
+
+  from dept_jax import train
+  tree = write_tree(str(tmp_path / "tree"), kinds=("code", "cyrillic", "greek", "latin"),
+                    n_docs=10, words=1500)
+  overrides = ["--config.variant=trim", "--config.steps=4", "--config.local_steps=2",
+               "--config.batch_size=4", "--config.seq_len=32", "--config.model.d_model=32",
+               "--config.model.n_layers=1", "--config.model.d_ff=64", "--config.model.n_heads=2",
+               "--config.data.vocab_size=400", "--config.data.unit_mb=0.02",
+               "--config.data.eval_batches=1", "--config.log.every=2",
+               "--config.log.progress=False", "--config.log.tensorboard=False"]
+  multi = str(tmp_path / "multi")
+  outs = _run_two_processes(multi, timeout=300, config=f"configs/folders.py:{tree}",
+                            overrides=overrides + [f"--config.data.cache_dir={tmp_path}/c2"])
+  done = [sum(int(x) for x in re.findall(r"tokenized (\d+) of", out)) for out in outs]
+  assert all(d > 0 for d in done), done  # both hosts prepared units
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("f", os.path.join(ROOT, "configs/folders.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(tree)
+  c.update_from_flattened_dict({o[len("--config."):].split("=")[0]: _value(o)
+                                for o in overrides})
+  c.data.cache_dir = str(tmp_path / "c1")
+  single = str(tmp_path / "single")
+  train.train(c, single)
+  got, want = _metrics(multi), _metrics(single)
+  assert [r["step"] for r in got] == [r["step"] for r in want] == [2, 4]
+  for g, w in zip(got, want):
+    for key, value in w.items():
+      if key.startswith(("train/", "eval/")):
+        assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (g["step"], key)
+
+
+def _value(override):
+  v = override.split("=", 1)[1]
+  for cast in (int, float):
+    try:
+      return cast(v)
+    except ValueError:
+      pass
+  return {"False": False, "True": True}.get(v, v)

@@ -30,7 +30,9 @@ _DOCSTRING = re.compile(r'^(?:#[^\n]*\n|\s)*[rRuU]?("""|\'\'\')(.*?)\1', re.S)
 
 
 def cache_dir(path: str = "") -> str:
-  return os.path.expanduser(path or os.environ.get("DEPT_JAX_CACHE", "~/.cache/dept_jax/corpus"))
+  """CACHE/corpus, where CACHE is data.cache_dir (default $DEPT_JAX_CACHE or ~/.cache/dept_jax)."""
+  from dept_jax.data.cache import cache_root
+  return os.path.join(cache_root(path), "corpus")
 
 
 def _stdlib_py() -> list[str]:

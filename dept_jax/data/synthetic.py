@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dept_jax.data.base import DataBundle
+import dataclasses
+
+import grain
+
+from dept_jax.data.base import DataBundle, SourceData
 
 
 class MarkovSource:
@@ -25,7 +29,6 @@ class MarkovSource:
     self.vocab_size = int(self.emit.max()) + 1
     self.batch_size = batch_size
     self.train_tokens = 1_000_000 * (1 + index)  # nominal size: makes temperature sampling matter
-    self.position = 0
     self.eval_count = 2
 
   def _rows(self, split: int, start: int, n: int) -> np.ndarray:
@@ -41,16 +44,16 @@ class MarkovSource:
         out[i, t + 1] = s
     return self.emit[out]
 
-  def next_rows(self, n: int) -> np.ndarray:
-    rows = self._rows(0, self.position, n)
-    self.position += n
-    return rows
+  def __len__(self) -> int:
+    return 2**31 - 1  # rows are generated on demand: as many as anyone asks for
 
-  def get_state(self):
-    return {"position": self.position}
+  def __getitem__(self, i: int) -> np.ndarray:
+    """Training row i (random access, as grain's data sources are)."""
+    return self._rows(0, int(i), 1)[0]
 
-  def set_state(self, state):
-    self.position = int(state["position"])
+  def data(self) -> SourceData:
+    return SourceData(self.name, grain.MapDataset.source(self), self.vocab_size,
+                      self.train_tokens, self.eval_batches())
 
   def eval_batches(self):
     n_batches = self.eval_count
@@ -80,18 +83,19 @@ def build(config) -> DataBundle:
   if variant == "spec_opt":
     step = max(d.source_vocab_size // (2 * K), 1)  # private vocabularies of different sizes
     streams = [make(k, np.arange(d.source_vocab_size - step * k)) for k in range(K)]
-    return DataBundle(streams=streams)
+    return DataBundle([s.data() for s in streams])
   global_streams = [make(k, owned[k]) for k in range(K)]
+  global_data = [s.data() for s in global_streams]
   if variant in ("std", "glob"):
     l2g = np.tile(np.arange(G, dtype=np.int32), (K, 1))
-    streams = global_streams
-    for s in streams:
-      s.vocab_size = G
+    sources = [dataclasses.replace(s, vocab_size=G) for s in global_data]
   else:  # trim, spec: local ids index the trimmed vocabulary
-    streams = [make(k, np.arange(len(owned[k]))) for k in range(K)]
+    sources = [make(k, np.arange(len(owned[k]))).data() for k in range(K)]
     rows = max(len(o) for o in owned)
     l2g = np.full((K, rows), -1, np.int32)
     for k, o in enumerate(owned):
       l2g[k, :len(o)] = o
-  return DataBundle(streams=streams, global_vocab_size=G, local_to_global=l2g,
-                    global_streams=global_streams)
+  return DataBundle(sources, global_vocab_size=G, local_to_global=l2g,
+                    global_windows=[s.windows for s in global_data],
+                    global_eval_batches=[s.eval_batches for s in global_data])
+

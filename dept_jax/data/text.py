@@ -1,45 +1,58 @@
-"""Real text sources -> tokenizers -> packed, shuffled, resumable streams (config.data.kind='text').
+"""Real text sources (config.data.kind='text'): read -> tokenize once -> cache -> stream.
 
 Sources live in config.data.sources, a ConfigDict of name -> source(...) (sorted by name, as
 ConfigDict keeps keys), so every field can be overridden from the command line:
 
   --config.data.sources.prose.weight=2  --config.data.sources.code.path=/data/code/*.py
 
-Tokenizers (WORKDIR/tokenizers/): spec_opt trains one per source (<name>.model, size
-data.source_vocab_size); the other variants share global.model (size data.vocab_size), trained on
-a sample of all sources weighted like STD's mixture. An existing file is reused; a source's
-`tokenizer` (spec_opt) or data.tokenizer (the others) points at a .model of your own.
+Tokenizers: spec_opt has one per source (size data.source_vocab_size), the other variants share a
+global one (size data.vocab_size). Each is, in this order: the run's own copy in WORKDIR/tokenizers/
+(a run keeps the vocabulary it started with), the file you name (a sentencepiece .model or a Hugging
+Face tokenizer.json: a source's `tokenizer` for spec_opt, data.tokenizer for the others), or a
+sentencepiece model trained on a streamed sample of data.tokenizer_train_bytes (the global one:
+an equal share from each source, times its weight; never tempered) and kept in the cache.
+
+`prepare` tokenizes every source into the token cache (dept_jax/data/cache.py); `build` does so for
+what is missing, then serves windows from the cache and writes the run's record (run_record.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-import tempfile
+import shutil
+import time
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
-from dept_jax.data import corpus, pipeline, sources, tokenizers
-from dept_jax.data.base import DataBundle, temperature_probs
-from dept_jax.data.sources import DataError, say
+from dept_jax.data import cache as cache_lib
+from dept_jax.data import corpus, documents, run_record, tokenizers, windows
+from dept_jax.data.base import DataBundle, DataError, SourceData, say
+
+SAMPLE_UNITS = 16  # a tokenizer's sample is spread over this many of a source's units at most
+EVAL_BYTES_PER_TOKEN = 3  # sizes the eval text: about data.eval_batches batches of tokens
+VOCAB_KINDS = {"std": "global", "glob": "global", "trim": "trimmed", "spec": "trimmed",
+               "spec_opt": "own"}
 
 
 def source(path: str, format: str = "auto", field: str = "text", weight: float = 1.0,
            tokenizer: str = "", split: str = "train", data_dir: str = "",
-           max_bytes: int = 0) -> ml_collections.ConfigDict:
+           split_docs: str = "auto", max_doc_bytes: int = 65536) -> ml_collections.ConfigDict:
   """One source. path: folder, glob, .jsonl/.parquet/text file, tfds name, or built-in name.
   format: auto | text | jsonl | parquet | tfds | builtin. weight scales the source's size in
-  STD's temperature sampling and in the global tokenizer's training sample."""
+  STD's mixture and its share of the global tokenizer's sample. split_docs: auto | file |
+  blank_lines (see dept_jax/data/documents.py)."""
   return ml_collections.ConfigDict(dict(
       path=path, format=format, field=field, weight=float(weight), tokenizer=tokenizer,
-      split=split, data_dir=data_dir, max_bytes=int(max_bytes)))
+      split=split, data_dir=data_dir, split_docs=split_docs, max_doc_bytes=int(max_doc_bytes)))
 
 
 def folder_sources(root: str) -> dict:
   """{name: source} for the subfolders of root (each one source), names made safe for
-  --config.data.sources.<name> overrides."""
+  --config.data.sources.<name> overrides; two folders that would get one name refuse."""
   root = os.path.expanduser(root)
   if not os.path.isdir(root):
     raise DataError(f"'{root}' is not a folder. Fix: pass a folder whose "
@@ -49,7 +62,14 @@ def folder_sources(root: str) -> dict:
   if not subs:
     raise DataError(f"'{root}' has no subfolders. Fix: put each source's "
                     "files in a subfolder of its own (DIR/<source>/...).")
-  return {re.sub(r"\W", "_", s): source(os.path.join(root, s)) for s in subs}
+  out, origin = {}, {}
+  for s in subs:
+    name = re.sub(r"\W", "_", s)
+    if name in out:
+      raise DataError(f"folders '{origin[name]}' and '{s}' in {root} both become source '{name}' "
+                      "(names keep letters, digits and _). Fix: rename one of them.")
+    out[name], origin[name] = source(os.path.join(root, s)), s
+  return out
 
 
 def text_data_config() -> dict:
@@ -57,12 +77,15 @@ def text_data_config() -> dict:
   return dict(
       kind="text",
       sources=ml_collections.ConfigDict(),
-      val_fraction=0.05,  # share of each source's documents held out (at least one)
-      tokenizer="",  # an existing global .model (std/glob/trim/spec); empty: train one
-      tokenizer_train_bytes=1_000_000,  # text sampled to train each tokenizer
+      val_fraction=0.05,  # share of documents held out, chosen by content hash (>= 1 per unit)
+      tokenizer="",  # global tokenizer: a .model or tokenizer.json; empty: train one
+      eos_token="",  # a tokenizer.json's end-of-document token, if not found by itself
+      tokenizer_train_bytes=1_000_000,  # streamed sample each trained tokenizer learns from
       min_count=1,  # trim/spec: a global id belongs to a source if it occurs this often
-      cache_dir="",  # built-in corpus cache (default ~/.cache/dept_jax/corpus)
-      shard_index=-1, shard_count=-1,  # split windows over loaders (-1: every host reads all)
+      cache_dir="",  # token cache, trained tokenizers, built-in corpus (~/.cache/dept_jax)
+      unit_mb=64.0,  # MB of text per preparation unit (one worker's job, one cache shard)
+      workers=0,  # preparation processes per host (0: every core)
+      read_threads=2, prefetch=4,  # grain threads building batches ahead of the device
   )
 
 
@@ -76,188 +99,292 @@ def add_text_data(config, named_sources: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def _shard(d) -> tuple[int, int]:
-  """Which windows this host reads. By default every host reads all of them: the trainer builds
-  the same global batch everywhere and each host hands over only its devices' rows, which is
-  right whichever hosts hold a source's slice. shard_index/shard_count split the windows for a
-  loader that feeds only a host's own rows."""
-  count = d.get("shard_count", -1)
-  count = 1 if count is None or count < 1 else count
-  index = d.get("shard_index", -1)
-  index = 0 if index is None or index < 0 else index
-  return index, count
+def paper_preset_data(config, arg: str, default_variant: str, sources: int, vocab_size: int,
+                      source_vocab_size: int, sample_bytes: int = 64 << 20):
+  """The data part of a paper preset from its argument VARIANT[,DATA_ROOT[,TOKENIZER]]: one source
+  per subfolder of DATA_ROOT (without it, shapes only: --mode=compile and the tests), the given
+  tokenizer as the global one, trained tokenizers learning from a streamed sample_bytes."""
+  variant, _, rest = (arg or default_variant).partition(",")
+  root, _, tokenizer = rest.partition(",")
+  config.variant = variant or default_variant
+  if tokenizer and config.variant == "spec_opt":
+    raise DataError("spec_opt trains one tokenizer per source, so the preset's TOKENIZER argument "
+                    "does not apply. Fix: drop it, or set config.data.sources.<name>.tokenizer.")
+  config.data.update(num_sources=sources, vocab_size=vocab_size,
+                     source_vocab_size=source_vocab_size)
+  add_text_data(config, folder_sources(root) if root else {})
+  config.data.tokenizer = tokenizer
+  config.data.tokenizer_train_bytes = sample_bytes
+  if not root:
+    config.data.num_sources = sources
+  return config
 
 
-def _read_all(d):
-  """[(name, spec dict, Documents)] in the config's order."""
-  out = []
+# ----------------------------------------------------------------------------- planning
+
+
+def _specs(d) -> dict:
+  """{name: spec dict}, built-in sources resolved to their cached .jsonl."""
+  if not d.get("sources"):
+    raise DataError("config.data.sources is empty. Fix: add sources with "
+                    "dept_jax.data.text.source(...) (see configs/folders.py).")
+  out = {}
   for name, spec in d.sources.items():
     spec = dict(spec)
     if spec.get("format") == "builtin":
       spec = dict(spec, format="jsonl", field="text",
                   path=corpus.ensure(spec["path"] or name, d.get("cache_dir", "")))
-    docs = sources.read_documents(name, spec)
-    if docs.replaced_bytes:
-      logging.warning("source '%s': %d undecodable bytes replaced by U+FFFD", name,
-                      docs.replaced_bytes)
-    if docs.skipped_files:
-      logging.warning("source '%s': %d binary files skipped", name, docs.skipped_files)
-    out.append((name, spec, docs))
+    out[name] = spec
   return out
 
 
-def _tokenizers_once(config, read, tokdir):
-  """Process 0 trains missing tokenizers into the shared workdir; the others wait, then load
-  them (so hosts never race on the same file or end up with different vocabularies)."""
-  if jax.process_count() == 1:
-    return _tokenizer_paths(config, read, tokdir)
-  from jax.experimental import multihost_utils
-  if jax.process_index() == 0:
-    out = _tokenizer_paths(config, read, tokdir)
-    multihost_utils.sync_global_devices("dept_jax tokenizers written")
-    return out
-  multihost_utils.sync_global_devices("dept_jax tokenizers written")
-  return _tokenizer_paths(config, read, tokdir)
+def _plan(d, specs) -> dict:
+  unit_bytes = int(d.get("unit_mb", 64) * (1 << 20))
+  return {name: documents.plan(name, spec, unit_bytes) for name, spec in specs.items()}
 
 
-def _tokenizer_paths(config, read, tokdir):
-  """{name: SentencePieceProcessor} for every source (spec_opt: its own; else the global one)."""
-  d = config.data
-  if config.variant == "spec_opt":
+# ----------------------------------------------------------------------------- tokenizers
+
+
+def _sample(units, budget: int) -> list[str]:
+  """About budget bytes of lines from up to SAMPLE_UNITS units spread over the source, each unit
+  thinned evenly to its share (so the sample is not just the first files)."""
+  picks = sorted(set(np.linspace(0, len(units) - 1, min(len(units), SAMPLE_UNITS))
+                     .round().astype(int).tolist()))
+  lines, total = [], 0
+  for i, u in enumerate(picks):
+    share = (budget - total) // (len(picks) - i)
+    size = sum(p.stop - p.start for p in units[u].parts) if units[u].kind != "tfds" else 0
+    fraction = min(1.0, 1.2 * share / size) if size else 1.0  # 1.2: blank and cut lines
+    got, n = tokenizers.sample_lines(documents.read_unit(units[u], documents.ReadStats()), share,
+                                     fraction)
+    lines += got
+    total += n
+  return lines
+
+
+def _trained(root: str, who: str, plans: list, shares: list, vocab_size: int) -> str:
+  """A sentencepiece model trained on the shares of these sources' units, kept in the cache under
+  a key of its sample and settings, so every run on the same data reuses it."""
+  ident = json.dumps({"v": 1, "vocab": vocab_size, "shares": shares,
+                      "units": [[u.key() for u in units] for units in plans]}, sort_keys=True)
+  key = hashlib.sha256(ident.encode()).hexdigest()[:32]
+  path = os.path.join(cache_lib.cache_root(root), "tokenizers", f"{key}.model")
+  if not os.path.exists(path):
+    lines = []
+    for units, share in zip(plans, shares):
+      lines += _sample(units, share)
+    tokenizers.train_sentencepiece(lines, path, vocab_size, who)
+  return path
+
+
+def _tokenizer(tokdir, file_stem, user_path, train_fn, eos_token) -> tokenizers.Tokenizer:
+  """The run's copy if it has one; else the user's file or a trained one, copied into the run."""
+  if tokdir:
+    for ext in (".model", ".json"):
+      if os.path.exists(os.path.join(tokdir, file_stem + ext)):
+        return tokenizers.load(os.path.join(tokdir, file_stem + ext), eos_token)
+  path = os.path.expanduser(user_path) if user_path else train_fn()
+  tok = tokenizers.load(path, eos_token)  # checks the file before it enters the run
+  if not tokdir:
+    return tok
+  ext = ".json" if tok.kind == "hf" else ".model"
+  dest = os.path.join(tokdir, file_stem + ext)
+  os.makedirs(tokdir, exist_ok=True)
+  shutil.copyfile(path, dest + ".tmp")
+  os.replace(dest + ".tmp", dest)
+  return tokenizers.load(dest, eos_token)
+
+
+def _tokenizers(config, plans, tokdir) -> dict:
+  """{source name: Tokenizer}."""
+  d, names = config.data, list(plans)
+  root, eos = d.get("cache_dir", ""), d.get("eos_token", "")
+  budget = int(d.tokenizer_train_bytes)
+  if VOCAB_KINDS[config.variant] == "own":
     if d.get("tokenizer"):
       raise DataError("config.data.tokenizer is the global tokenizer, and spec_opt has none. Fix: "
                       "set config.data.sources.<name>.tokenizer per source, or clear it.")
-    return {name: tokenizers.obtain(
-        os.path.join(tokdir, f"{name}.model"), spec.get("tokenizer", ""),
-        lambda train=train: tokenizers.sample_lines(train, d.tokenizer_train_bytes),
-        d.source_vocab_size, f"source '{name}'", "data.source_vocab_size")
-        for name, spec, train in read}, {n: os.path.join(tokdir, f"{n}.model") for n, _, _ in read}
-  for name, spec, _ in read:
-    if spec.get("tokenizer"):
-      raise DataError(f"source '{name}': a per-source tokenizer only applies to variant spec_opt; "
+    return {n: _tokenizer(tokdir, n, d.sources[n].get("tokenizer", ""),
+                          lambda n=n: _trained(root, f"source '{n}'", [plans[n]], [budget],
+                                               d.source_vocab_size), eos)
+            for n in names}
+  for n in names:
+    if d.sources[n].get("tokenizer"):
+      raise DataError(f"source '{n}': a per-source tokenizer only applies to variant spec_opt; "
                       f"'{config.variant}' uses one global tokenizer. Fix: set "
                       "config.data.tokenizer instead, or clear the source's tokenizer.")
-
-  def weighted_sample():
-    # The global tokenizer sees each source as STD's mixture would: weight*size, tempered.
-    sizes = np.asarray([max(1, sum(map(len, t))) * s.get("weight", 1.0) for _, s, t in read])
-    probs = temperature_probs(sizes, d.temperature)
-    return [ln for (_, _, train), p in zip(read, probs)
-            for ln in tokenizers.sample_lines(train, int(p * d.tokenizer_train_bytes))]
-
-  path = os.path.join(tokdir, "global.model")
-  sp = tokenizers.obtain(path, d.get("tokenizer", ""), weighted_sample, d.vocab_size,
-                         "the run (global tokenizer)", "data.vocab_size")
-  return {name: sp for name, _, _ in read}, {"global": path}
+  weights = np.asarray([float(d.sources[n].get("weight", 1.0)) for n in names])
+  shares = [int(budget * w / weights.sum()) for w in weights]
+  tok = _tokenizer(tokdir, "global", d.get("tokenizer", ""),
+                   lambda: _trained(root, "the global vocabulary", [plans[n] for n in names],
+                                    shares, d.vocab_size), eos)
+  return {n: tok for n in names}
 
 
-EVAL_BYTES_PER_TOKEN = 3  # sizes the eval text: about data.eval_batches batches of tokens
+# ----------------------------------------------------------------------------- prepare
 
 
-def eval_texts(val_texts, budget_bytes: int, seed: int, min_share: int = 256):
-  """[(text, ends_doc)] of held-out text chosen by bytes, before any tokenizer sees it, so every
-  variant and tokenizer is scored on exactly the same text (bits per byte compare fairly).
+def _sync(tag: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(tag)
 
-  Held-out documents, in an order drawn from the seed, each get a fair share of the budget (their
-  leading part); a short document passes on what it leaves unused."""
-  out, remaining = [], budget_bytes
-  order = np.random.default_rng([seed, 11]).permutation(len(val_texts))
-  for j, i in enumerate(order):
-    if remaining <= 0:
-      break
-    share, used = max(min_share, remaining / (len(order) - j)), 0
-    pieces = pipeline.line_chunks(val_texts[i])
-    for n, piece in enumerate(pieces):
-      nbytes = len(piece.encode("utf-8"))
-      if used + nbytes > share:  # this piece ends the document's share: cut it (whole chars)
-        cut = piece.encode("utf-8")[:int(share - used)].decode("utf-8", "ignore")
-        if cut:
-          out.append((cut, True))
-          used += len(cut.encode("utf-8"))
-        elif out and n:
-          out[-1] = (out[-1][0], True)
-        break
-      out.append((piece, n == len(pieces) - 1))
-      used += nbytes
-    remaining -= used
+
+def prepare(config, workdir: str | None = None, verify: bool = False) -> dict:
+  """Tokenize every source into the token cache (what is there already is kept; with verify, its
+  checksums are checked first). Every host prepares its share of the units; process 0 trains the
+  tokenizers and writes each source's index. Returns {name: cache.SourceCache}."""
+  d = config.data
+  specs = _specs(d)
+  plans = _plan(d, specs)
+  tokdir = os.path.join(workdir, "tokenizers") if workdir else None
+  if jax.process_index() == 0:
+    toks = _tokenizers(config, plans, tokdir)
+  _sync("dept_jax tokenizers")
+  if jax.process_index() != 0:
+    toks = _tokenizers(config, plans, tokdir)
+  root = d.get("cache_dir", "")
+  caches = {}
+  for n in plans:  # one TokenCache per distinct tokenizer
+    caches[n] = next((c for m, c in caches.items() if toks[m].fingerprint == toks[n].fingerprint),
+                     None) or cache_lib.TokenCache(root, toks[n])
+  mine = [(n, u) for n, units in plans.items() for u in units]
+  mine = mine[jax.process_index()::jax.process_count()]
+  workers = int(d.get("workers", 0)) or os.cpu_count() or 1
+  start = time.perf_counter()
+  total_bytes = sum(p.stop - p.start for _, u in mine for p in u.parts if u.kind != "tfds")
+  done = 0
+  host = f"host {jax.process_index()}/{jax.process_count()}: " if jax.process_count() > 1 else ""
+  for n in plans:
+    todo = [u for m, u in mine if m == n]
+    t0 = time.perf_counter()
+    got = cache_lib.prepare_units(todo, caches[n], root, float(d.val_fraction), workers, verify)
+    if got:  # every host reports its own share
+      print(f"[dept_jax] {host}source '{n}': tokenized {got} of {len(plans[n])} units in "
+            f"{time.perf_counter() - t0:.1f} s", flush=True)
+    done += got
+  if done:
+    secs = time.perf_counter() - start
+    print(f"[dept_jax] {host}prepared {done} units ({total_bytes / 1e6:.1f} MB planned) in "
+          f"{secs:.1f} s with {workers} workers", flush=True)
+  _sync("dept_jax units prepared")
+  out = {}
+  if jax.process_index() == 0:
+    out = {n: cache_lib.open_source(n, plans[n], caches[n]) for n in plans}
+  _sync("dept_jax sources indexed")
+  if jax.process_index() != 0:
+    out = {n: cache_lib.open_source(n, plans[n], caches[n]) for n in plans}
+  for n, src in out.items():
+    if src.index["val_dropped_copies"]:
+      say(f"source '{n}': dropped {src.index['val_dropped_copies']} held-out documents that have "
+          "a copy in training")
   return out
 
 
-def _eval_chunks(sp, val_texts, budget_bytes, seed):
-  """[(tokens, nbytes, ends_doc)]: the eval text (eval_texts) in this tokenizer's ids."""
-  chosen = eval_texts(val_texts, budget_bytes, seed)
-  encoded = tokenizers.encode(sp, [t for t, _ in chosen])
-  return [(toks, len(t.encode("utf-8")), last) for (t, last), toks in zip(chosen, encoded)]
+# ----------------------------------------------------------------------------- build
 
 
-def build(config, workdir: str | None) -> DataBundle:
-  d, variant, L = config.data, config.variant, config.seq_len
-  if not d.get("sources"):
-    raise DataError("config.data.sources is empty. Fix: add sources with "
-                    "dept_jax.data.text.source(...) (see configs/folders.py).")
-  if workdir is None:
-    workdir = tempfile.mkdtemp(prefix="dept_jax_data_")
-    logging.warning("no workdir: tokenizers go to %s", workdir)
-  tokdir = os.path.join(workdir, "tokenizers")
-  index, count = _shard(d)
-  read = []
-  for name, spec, docs in _read_all(d):
-    train, val = sources.split_validation(docs, d.val_fraction, config.seed)
-    read.append((name, spec, train))
-    spec["_val"] = val
-  sps, tok_paths = _tokenizers_once(config, read, tokdir)
-
-  # Every host evaluates the same held-out rows: eval inputs enter jit as host arrays, which JAX
-  # takes to be identical on all processes (and eval is small next to training).
-  eval_bytes = d.eval_batches * config.batch_size * L * EVAL_BYTES_PER_TOKEN
-  raw = []  # per source: (name, spec, stream in tokenizer ids, eval rows/bytes for this host)
-  for name, spec, train in read:
-    sp = sps[name]
-    stream = pipeline.pack_stream(tokenizers.encode(sp, train), sp.eos_id())
-    chunks = _eval_chunks(sp, spec["_val"], eval_bytes, config.seed)
-    rows, row_bytes = pipeline.eval_rows(chunks, sp.eos_id(), L)
-    raw.append((name, spec, stream, (rows, row_bytes)))
-    n_bytes = sum(len(t.encode("utf-8")) for t in train)
-    say(f"source '{name}': {len(train)} train docs, {n_bytes / 1e6:.2f} MB, {len(stream):,} "
-        f"tokens ({n_bytes / max(len(stream), 1):.2f} bytes/token), {len(spec['_val'])} "
-        "held-out docs")
-
-  def make(name, spec, stream, ev, vocab, id_map=None, weighted=False):
-    n = len(stream) * (spec.get("weight", 1.0) if weighted else 1.0)
-    return pipeline.TextStream(name, stream, vocab, L, config.batch_size, config.seed, ev,
-                               id_map=id_map, shard=(index, count), train_tokens=n,
-                               unk_id=sps[name].unk_id())
-
-  if variant == "spec_opt":
-    streams = [make(n, s, st, ev, sps[n].get_piece_size()) for n, s, st, ev in raw]
-    return DataBundle(streams=streams, tokenizers=tok_paths)
-  G = d.vocab_size
-  # STD samples its mixture by train_tokens: a source's weight scales its effective size there.
-  global_streams = [make(n, s, st, ev, G, weighted=True) for n, s, st, ev in raw]
-  if variant in ("std", "glob"):
-    l2g = np.tile(np.arange(G, dtype=np.int32), (len(raw), 1))
-    streams = [make(n, s, st, ev, G) for n, s, st, ev in raw]
-    return DataBundle(streams, G, l2g, tok_paths, global_streams)
-  owned = [owned_ids(st, G, d.min_count, sps[n]) for n, s, st, ev in raw]
-  l2g = np.full((len(raw), max(len(o) for o in owned)), -1, np.int32)
-  streams = []
-  for k, ((n, s, st, ev), ids) in enumerate(zip(raw, owned)):
-    l2g[k, :len(ids)] = ids
-    streams.append(make(n, s, st, ev, len(ids), id_map=global_to_local(ids, G, sps[n].unk_id())))
-    say(f"source '{n}': trimmed vocabulary {len(ids)} of {G} global ids")
-  return DataBundle(streams, G, l2g, tok_paths, global_streams)
+def build(config, workdir: str | None, training: bool = True) -> DataBundle:
+  """Training: prepare what is missing, then serve windows from the cache; the first start writes
+  the run's record, and a resumed run must see the same data (run_record.check). Otherwise (eval,
+  export, generate): everything from the run's record, no data read."""
+  variant, L, d = config.variant, config.seq_len, config.data
+  record = run_record.load(workdir)
+  if not training:
+    if record is None:
+      raise DataError(f"{workdir} has no data record (WORKDIR/data/record.json), which a text run "
+                      "writes when it starts. Fix: pass the --workdir of a training run.")
+    names = record["names"]
+    toks = {n: tokenizers.load(os.path.join(workdir, "tokenizers",
+                                            record["sources"][n]["tokenizer"]),
+                               d.get("eos_token", "")) for n in names}
+    vocab = dict(record["vocab"], **({"owned": record["owned"]} if "owned" in record else {}))
+    return _bundle(config, names, toks, {n: record["sources"][n]["train_tokens"] for n in names},
+                   None, {n: run_record.eval_rows(workdir, n) for n in names}, vocab)
+  srcs = prepare(config, workdir)
+  for src in srcs.values():
+    say(cache_lib.describe(src))
+  if record:
+    run_record.check(record, srcs, workdir)
+  names = list(srcs)
+  toks = {n: srcs[n].cache.tok for n in names}
+  if record:
+    rows = {n: run_record.eval_rows(workdir, n) for n in names}
+  else:
+    budget = d.eval_batches * config.batch_size * L * EVAL_BYTES_PER_TOKEN
+    rows = {n: windows.eval_rows(srcs[n].eval_documents(budget), toks[n].eos_id, L, budget)
+            for n in names}
+  tw = {n: windows.TokenWindows(srcs[n].shards(), L) for n in names}
+  for n in names:
+    if len(tw[n]) < config.batch_size:
+      raise DataError(f"source '{n}': has {len(tw[n])} training windows of seq_len+1={L + 1} "
+                      f"tokens, fewer than one batch (batch_size={config.batch_size}). Fix: add "
+                      "text to this source, or lower batch_size or seq_len.")
+  vocab = vocabulary(variant, names, toks, srcs, d.get("min_count", 1), record)
+  bundle = _bundle(config, names, toks, {n: srcs[n].train_tokens for n in names}, tw, rows, vocab)
+  if workdir and not record and jax.process_index() == 0:
+    run_record.write(workdir, names, toks, srcs, vocab, rows)
+  return bundle
 
 
-def owned_ids(stream: np.ndarray, G: int, min_count: int, sp) -> np.ndarray:
-  """TRIM/SPEC: sorted global ids occurring >= min_count times, plus <unk> and EOS always."""
-  counts = np.bincount(stream, minlength=G)
-  ids = set(np.nonzero(counts >= max(1, min_count))[0].tolist()) | {sp.unk_id(), sp.eos_id()}
-  return np.asarray(sorted(ids), np.int32)
+def vocabulary(variant, names, toks, srcs, min_count, record=None) -> dict:
+  """Per source: vocab_size (real rows of its table), and for trim/spec its owned global ids
+  (local id i is global id owned[i]) and the global->local map (unowned ids -> its <unk>)."""
+  kind = VOCAB_KINDS[variant]
+  if kind == "own":
+    return {"kind": kind, "sizes": [toks[n].vocab_size for n in names]}
+  G = toks[names[0]].vocab_size
+  if kind == "global":
+    return {"kind": kind, "sizes": [G] * len(names), "global_size": G}
+  owned = {}
+  for n in names:
+    if record:
+      owned[n] = np.asarray(record["owned"][n], np.int32)
+      continue
+    tok = toks[n]
+    ids = set(np.nonzero(srcs[n].counts >= max(1, min_count))[0].tolist())
+    ids |= {tok.unknown_id, tok.eos_id}
+    owned[n] = np.asarray(sorted(ids), np.int32)
+  return {"kind": kind, "sizes": [len(owned[n]) for n in names], "global_size": G,
+          "owned": owned}
 
 
-def global_to_local(owned: np.ndarray, G: int, unk_global: int) -> np.ndarray:
+def id_map(owned: np.ndarray, G: int, unk_global: int) -> np.ndarray:
   """[G] local id of each global id; ids the source does not own map to its local <unk>."""
   unk_local = int(np.searchsorted(owned, unk_global))
   m = np.full((G,), unk_local, np.int32)
   m[owned] = np.arange(len(owned), dtype=np.int32)
   return m
+
+
+def _bundle(config, names, toks, train_tokens, tw, rows, vocab) -> DataBundle:
+  """The run's DataBundle; tw (the training windows) is None outside training."""
+  B, seed, kind = config.batch_size, config.seed, vocab["kind"]
+  d = config.data
+  weight = {n: float(d.sources[n].get("weight", 1.0)) for n in names}
+  sources, global_windows, global_eval = [], [], []
+  for k, n in enumerate(names):
+    m, unk = None, None
+    if kind == "trimmed":
+      unk = toks[n].unknown_id
+      m = id_map(vocab["owned"][n], vocab["global_size"], unk)
+    train = tw and windows.training_windows(tw[n], seed, n, m)
+    sources.append(SourceData(n, train, vocab["sizes"][k], int(train_tokens[n]),
+                              windows.eval_batches(*rows[n], B, m, unk), weight[n]))
+    if kind != "own":
+      global_windows.append(tw and windows.training_windows(tw[n], seed, n))
+      global_eval.append(windows.eval_batches(*rows[n], B))
+  paths = {n: toks[n].path for n in names}
+  if kind == "own":
+    return DataBundle(sources, tokenizers=paths)
+  G = vocab["global_size"]
+  if kind == "global":
+    l2g = np.tile(np.arange(G, dtype=np.int32), (len(names), 1))
+  else:
+    l2g = np.full((len(names), max(vocab["sizes"])), -1, np.int32)
+    for k, n in enumerate(names):
+      l2g[k, :vocab["sizes"][k]] = vocab["owned"][n]
+      if tw:
+        say(f"source '{n}': trimmed vocabulary {vocab['sizes'][k]} of {G} global ids")
+  return DataBundle(sources, G, l2g, paths, global_windows, global_eval)

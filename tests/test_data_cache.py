@@ -1,0 +1,222 @@
+"""The token cache: deterministic, resumable after a kill, checksummed, keyed by inputs and
+tokenizer, validation held out by content with cross-split copies dropped, a full disk survived."""
+import errno
+import glob
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dept_jax.config_lib import base_config
+from dept_jax.data import cache, documents, text
+from dept_jax.data.base import DataError
+from test_data_fixtures import make_docs, write_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tree, cache_dir, variant="trim", **data):
+  c = base_config()
+  c.variant, c.batch_size, c.seq_len = variant, 4, 32
+  text.add_text_data(c, text.folder_sources(tree))
+  c.data.vocab_size, c.data.source_vocab_size = 400, 320
+  c.data.cache_dir, c.data.unit_mb, c.data.workers = str(cache_dir), 0.02, 1
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def _digest(cache_dir) -> dict:
+  out = {}
+  for p in sorted(glob.glob(os.path.join(cache_dir, "tokens", "**"), recursive=True)):
+    if os.path.isfile(p):
+      out[os.path.relpath(p, cache_dir)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+  return write_tree(str(tmp_path_factory.mktemp("tree")), n_docs=16, words=1500)
+
+
+@pytest.fixture(scope="module")
+def reference(tree, tmp_path_factory):
+  """One clean preparation to compare others with."""
+  d = tmp_path_factory.mktemp("ref")
+  srcs = text.prepare(_config(tree, d))
+  return d, _digest(d), srcs
+
+
+def test_preparation_is_deterministic_whatever_the_workers(tree, reference, tmp_path):
+  ref_dir, ref, srcs = reference
+  assert len([k for k in ref if k.endswith(".json") and "/units/" in k]) > 3
+  text.prepare(_config(tree, tmp_path, workers=2))
+  assert _digest(tmp_path) == ref
+  # Every unit's manifest names its files' checksums, and they hold.
+  for src in srcs.values():
+    for u in src.units:
+      assert src.cache.verify(u)
+
+
+def test_a_killed_preparation_resumes_without_using_half_written_shards(tree, reference,
+                                                                         tmp_path):
+  """SIGKILL lands between renaming a unit's token file into place and writing its manifest
+  (os.replace call 8: the tokenizer, two whole units, then the third's tokens); a planted
+  half-written .tmp shard is never read; the rerun finishes with the same bytes."""
+  _, ref, _ = reference
+  driver = textwrap.dedent(f"""
+      import os, signal, sys
+      sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+      from test_data_cache import _config
+      from dept_jax.data import cache, text
+      calls, real = [0], os.replace
+      def replace(a, b):
+        real(a, b)
+        calls[0] += 1
+        if calls[0] == 8:
+          os.kill(os.getpid(), signal.SIGKILL)
+      cache.os.replace = replace
+      text.prepare(_config({tree!r}, {str(tmp_path)!r}))
+  """)
+  proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
+                        cwd=ROOT, timeout=300)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  units = os.path.join(tmp_path, "tokens", "*", "units")
+  assert len(glob.glob(os.path.join(units, "*.json"))) == 2
+  assert len(glob.glob(os.path.join(units, "*.tokens"))) == 3  # one without its manifest
+  leftovers = glob.glob(os.path.join(units, "*.tmp*"))
+  assert leftovers
+  fake = leftovers[0].split(".tmp")[0] + ".tmp99999"
+  with open(fake, "wb") as f:
+    f.write(b"\xff" * 100)  # garbage a crash might leave
+  srcs = text.prepare(_config(tree, tmp_path))
+  after = {k: v for k, v in _digest(tmp_path).items() if ".tmp" not in k}
+  assert after == ref
+  assert all(src.cache.verify(u) for src in srcs.values() for u in src.units)
+
+
+def test_damaged_shard_is_found_by_prepare_and_made_again(tree, reference, tmp_path):
+  _, ref, _ = reference
+  srcs = text.prepare(_config(tree, tmp_path))
+  unit = srcs["latin"].units[1]
+  path = srcs["latin"].cache.paths(unit.key())["tokens"]
+  raw = bytearray(open(path, "rb").read())
+  raw[len(raw) // 2] ^= 0xFF  # same size: only a checksum can tell
+  open(path, "wb").write(bytes(raw))
+  assert not srcs["latin"].cache.verify(unit)
+  text.prepare(_config(tree, tmp_path), verify=True)
+  assert _digest(tmp_path) == ref
+
+
+def test_changed_input_is_prepared_again_and_nothing_else(tree, tmp_path):
+  import shutil
+  mine = str(tmp_path / "tree")
+  shutil.copytree(tree, mine)
+  c = _config(mine, tmp_path / "c")
+  text.prepare(c)
+  plans = text._plan(c.data, text._specs(c.data))
+  toks = text._tokenizers(c, plans, None)
+  tc = cache.TokenCache(str(tmp_path / "c"), toks["latin"])
+  assert cache.prepare_units(plans["latin"], tc, str(tmp_path / "c"), 0.05, 1) == 0
+  with open(os.path.join(mine, "latin", "doc03.txt"), "a") as f:
+    f.write("one more line\n")
+  plans = text._plan(c.data, text._specs(c.data))
+  assert cache.prepare_units(plans["latin"], tc, str(tmp_path / "c"), 0.05, 1) == 1
+
+
+def test_another_tokenizer_gets_its_own_cache(tree, reference, tmp_path):
+  c = _config(tree, tmp_path, vocab_size=420)
+  srcs = text.prepare(c)
+  ref_dirs = {k.split("/")[1] for k in reference[1]}
+  mine = {k.split("/")[1] for k in _digest(tmp_path)}
+  assert mine and not mine & ref_dirs
+  assert srcs["code"].cache.tok.vocab_size == 420
+
+
+def test_held_out_by_content_and_copies_across_the_split_dropped_and_counted(tmp_path):
+  """Exact copies always fall on the same side; a held-out document whose whitespace/case
+  variant is in training is dropped and counted."""
+  base = make_docs("latin", 120, 100, seed=3)
+  docs = list(base) + list(base[:10])  # exact copies
+  variants = 0
+  for d in base[::2]:
+    if cache.val_score(d.encode()) < 0.1:  # held out: plant a variant that lands in training
+      for extra in range(1, 50):
+        v = d.upper() + " " * extra
+        if cache.val_score(v.encode()) >= 0.1:
+          docs.append(v)
+          variants += 1
+          break
+  assert variants >= 2
+  src_dir = tmp_path / "s"
+  src_dir.mkdir()
+  for i, d in enumerate(docs):
+    (src_dir / f"d{i:03d}.txt").write_text(d)
+  c = base_config()
+  c.variant = "spec_opt"
+  text.add_text_data(c, {"s": text.source(str(src_dir))})
+  c.data.update(source_vocab_size=320, cache_dir=str(tmp_path / "c"), val_fraction=0.1,
+                workers=1)
+  src = text.prepare(c)["s"]
+  val = [d for d in docs if cache.val_score(d.encode()) < 0.1]
+  train = [d for d in docs if cache.val_score(d.encode()) >= 0.1]
+  train_norm = {cache.normalized_hash(d) for d in train}
+  copies = [v for v in val if cache.normalized_hash(v) in train_norm]
+  kept = {cache.normalized_hash(v) for v in val} - train_norm
+  assert src.index["train_docs"] == len(train)
+  assert src.index["val_dropped_copies"] == len(copies) >= variants
+  assert src.index["val_docs"] == len(kept)
+  assert src.index["val_dropped_repeats"] == len(val) - len(copies) - len(kept) > 0
+  assert not {d for d in val} & {d for d in train}  # exact copies never straddle
+
+
+def test_a_full_disk_names_the_fix_and_leaves_the_cache_usable(tree, reference, tmp_path,
+                                                               monkeypatch):
+  _, ref, _ = reference
+  c = _config(tree, tmp_path)
+  real, calls = cache._write_unit, [0]
+
+  def filling(*a, **k):
+    calls[0] += 1
+    if calls[0] == 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(*a, **k)
+  monkeypatch.setattr(cache, "_write_unit", filling)
+  with pytest.raises(DataError, match=r"source '\w+': the disk filled while writing the token "
+                     r"cache in .* Fix: free space or set data.cache_dir to a bigger disk, then "
+                     r"run again: finished units are kept"):
+    text.prepare(c)
+  assert not glob.glob(os.path.join(tmp_path, "tokens", "*", "units", "*.tmp*"))
+  monkeypatch.setattr(cache, "_write_unit", real)
+  text.prepare(c)
+  assert _digest(tmp_path) == ref
+
+
+def test_cache_written_by_another_tokenizer_is_refused(tree, reference, tmp_path):
+  _, _, srcs = reference
+  src = srcs["code"]
+  unit = src.units[0]
+  m = src.cache.paths(unit.key())["manifest"]
+  import json
+  data = json.load(open(m))
+  os.makedirs(tmp_path, exist_ok=True)
+  saved = open(m).read()
+  try:
+    data["tokenizer"] = "0" * 32
+    json.dump(data, open(m, "w"))
+    with pytest.raises(DataError, match=r"source 'code': cache shard .* was written by tokenizer "
+                       r"0+, not this run's .* Fix: delete"):
+      src.cache.manifest(unit)
+  finally:
+    open(m, "w").write(saved)
+
+
+def test_units_split_documents_the_same_way_for_every_tokenizer(tree):
+  spec = {"path": os.path.join(tree, "code")}
+  a = documents.plan("code", spec, 20_000)
+  b = documents.plan("code", spec, 20_000)
+  assert [u.key() for u in a] == [u.key() for u in b]
