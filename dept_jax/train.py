@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -91,7 +92,9 @@ def host_get(tree):
 
 
 def train(config, workdir: str) -> dict:
+  t_start = time.perf_counter()
   exp = experiment.setup(config, workdir)
+  setup_s = time.perf_counter() - t_start
   c, prog = exp.config, exp.program
   std = c.variant == "std"
   N = c.local_steps
@@ -133,6 +136,10 @@ def train(config, workdir: str) -> dict:
       m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
                                               "tokens_by_source", "grad_norm", "lr")})
       step += 1
+      if t_start is not None:  # startup is what a user waits for: data, compile, first step
+        writer.console(f"[dept_jax] first step done {time.perf_counter() - t_start:.1f} s after "
+                       f"start (data and program ready after {setup_s:.1f} s)")
+        t_start = None
       timer.tick()
       acc.add(m, slot_sources, std)
       if not m["finite"].all():

@@ -51,6 +51,15 @@ def test_install_on_every_worker():
   assert [c.split()[5] for c in multi if " ssh " in c] == ["dept-0", "dept-1"]
 
 
+def test_prepare_runs_on_every_worker_too():
+  cmds = commands(dry("tpu_run.sh", *NODE, *RUN, "--", "--mode=prepare",
+                      "--config.data.cache_dir=/mnt/gcs/bkt/cache"))
+  assert len(cmds) == 1 and "--worker=all" in cmds[0]
+  assert ("DEPT_JAX_DISTRIBUTED=1 ~/venv/bin/python -m dept_jax.main --config "
+          "configs/pile_125m.py:spec --workdir /mnt/gcs/bkt/runs/p125 --mode=prepare "
+          "--config.data.cache_dir=/mnt/gcs/bkt/cache") in cmds[0]
+
+
 def test_run_same_command_on_all_workers():
   cmds = commands(dry("tpu_run.sh", *NODE, *RUN, "--", "--config.steps=100"))
   assert len(cmds) == 1
