@@ -5,16 +5,12 @@
   python -m dept_jax.main --mode=eval --workdir runs/tiny [--step 200]
   python -m dept_jax.main --mode=compile --config configs/pile_125m.py
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import sys
-
-from dept_jax import modes
-from dept_jax.checkpoint import CheckpointError
 from dept_jax.config_lib import ConfigError
-from dept_jax.hf_export import ExportError
-from dept_jax.train import NonFiniteLossError
 
 config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
                                 lock_config=True)
@@ -38,6 +34,12 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  # Heavy modules (JAX, orbax) load here, not at import: data preparation's worker processes
+  # import this module (multiprocessing's spawn re-imports __main__) and need none of them.
+  from dept_jax import modes
+  from dept_jax.checkpoint import CheckpointError
+  from dept_jax.hf_export import ExportError
+  from dept_jax.train import NonFiniteLossError
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):

@@ -121,11 +121,12 @@ def test_changed_input_is_prepared_again_and_nothing_else(tree, tmp_path):
   plans = text._plan(c.data, text._specs(c.data))
   toks = text._tokenizers(c, plans, None)
   tc = cache.TokenCache(str(tmp_path / "c"), toks["latin"])
-  assert cache.prepare_units(plans["latin"], tc, str(tmp_path / "c"), 0.05, 1) == 0
+  jobs = lambda: [(u, tc) for u in text._plan(c.data, text._specs(c.data))["latin"]]  # noqa: E731
+  assert cache.prepare_units(jobs(), str(tmp_path / "c"), 0.05, 1) == []
   with open(os.path.join(mine, "latin", "doc03.txt"), "a") as f:
     f.write("one more line\n")
-  plans = text._plan(c.data, text._specs(c.data))
-  assert cache.prepare_units(plans["latin"], tc, str(tmp_path / "c"), 0.05, 1) == 1
+  done = cache.prepare_units(jobs(), str(tmp_path / "c"), 0.05, 1)
+  assert [p.path for u in done for p in u.parts] == [os.path.join(mine, "latin", "doc03.txt")]
 
 
 def test_another_tokenizer_gets_its_own_cache(tree, reference, tmp_path):

@@ -235,33 +235,30 @@ def _job(args):
   return prepare_unit(unit, TokenCache(root, _WORKER_TOKENIZERS[key]), val_fraction)
 
 
-def prepare_units(units, cache: TokenCache, root: str, val_fraction: float, workers: int,
-                  verify: bool = False) -> int:
-  """Prepare the units that are missing (and, with verify, those whose checksums fail) with
-  `workers` processes. Returns how many were prepared."""
+def prepare_units(jobs, root: str, val_fraction: float, workers: int,
+                  verify: bool = False) -> list:
+  """Prepare the units of jobs [(unit, TokenCache)] that are missing (and, with verify, those
+  whose checksums fail), in one pool of `workers` processes. Returns the units prepared."""
   todo = []
-  for u in units:
-    if cache.manifest(u) is None:
-      todo.append(u)
-    elif verify and not cache.verify(u):
+  for u, c in jobs:
+    if c.manifest(u) is None:
+      todo.append((u, c))
+    elif verify and not c.verify(u):
       say(f"source '{u.source}': cache shard for {u.where} does not match its checksum; "
           "preparing it again")
-      cache.remove(u)
-      todo.append(u)
-  if not todo:
-    return 0
+      c.remove(u)
+      todo.append((u, c))
   workers = max(1, min(workers, len(todo)))
-  if workers == 1:
-    for u in todo:
-      prepare_unit(u, cache, val_fraction, threads=os.cpu_count() or 1)
-    return len(todo)
-  eos_token = getattr(cache.tok, "eos_token", "")
-  jobs = [(u, root, cache.tok.path, eos_token, val_fraction) for u in todo]
-  ctx = multiprocessing.get_context("spawn")
+  if workers == 1:  # sentencepiece encodes a batch on every core by itself
+    for u, c in todo:
+      prepare_unit(u, c, val_fraction, threads=os.cpu_count() or 1)
+    return [u for u, _ in todo]
+  args = [(u, root, c.tok.path, getattr(c.tok, "eos_token", ""), val_fraction) for u, c in todo]
+  ctx = multiprocessing.get_context("spawn")  # never fork a process that runs JAX's threads
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-    for _ in pool.map(_job, jobs):
+    for _ in pool.map(_job, args):
       pass
-  return len(todo)
+  return [u for u, _ in todo]
 
 
 # ----------------------------------------------------------------------------- one source

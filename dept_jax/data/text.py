@@ -249,25 +249,22 @@ def prepare(config, workdir: str | None = None, verify: bool = False) -> dict:
   for n in plans:  # one TokenCache per distinct tokenizer
     caches[n] = next((c for m, c in caches.items() if toks[m].fingerprint == toks[n].fingerprint),
                      None) or cache_lib.TokenCache(root, toks[n])
-  mine = [(n, u) for n, units in plans.items() for u in units]
+  mine = [(u, caches[n]) for n, units in plans.items() for u in units]
   mine = mine[jax.process_index()::jax.process_count()]
   workers = int(d.get("workers", 0)) or os.cpu_count() or 1
   start = time.perf_counter()
-  total_bytes = sum(p.stop - p.start for _, u in mine for p in u.parts if u.kind != "tfds")
-  done = 0
-  host = f"host {jax.process_index()}/{jax.process_count()}: " if jax.process_count() > 1 else ""
-  for n in plans:
-    todo = [u for m, u in mine if m == n]
-    t0 = time.perf_counter()
-    got = cache_lib.prepare_units(todo, caches[n], root, float(d.val_fraction), workers, verify)
-    if got:  # every host reports its own share
-      print(f"[dept_jax] {host}source '{n}': tokenized {got} of {len(plans[n])} units in "
-            f"{time.perf_counter() - t0:.1f} s", flush=True)
-    done += got
-  if done:
+  done = cache_lib.prepare_units(mine, root, float(d.val_fraction), workers, verify)
+  if done:  # every host reports its own share
+    host = f"host {jax.process_index()}/{jax.process_count()}: " if jax.process_count() > 1 else ""
+    mb = sum(p.stop - p.start for u in done for p in u.parts if u.kind != "tfds") / 1e6
     secs = time.perf_counter() - start
-    print(f"[dept_jax] {host}prepared {done} units ({total_bytes / 1e6:.1f} MB planned) in "
-          f"{secs:.1f} s with {workers} workers", flush=True)
+    for n in plans:
+      got = sum(u.source == n for u in done)
+      if got:
+        print(f"[dept_jax] {host}source '{n}': tokenized {got} of {len(plans[n])} units",
+              flush=True)
+    print(f"[dept_jax] {host}prepared {len(done)} units ({mb:.1f} MB) in {secs:.1f} s with "
+          f"{min(workers, len(done))} worker(s): {mb / secs:.2f} MB/s", flush=True)
   _sync("dept_jax units prepared")
   out = {}
   if jax.process_index() == 0:
