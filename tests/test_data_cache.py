@@ -126,7 +126,8 @@ def test_changed_input_is_prepared_again_and_nothing_else(tree, tmp_path):
   with open(os.path.join(mine, "latin", "doc03.txt"), "a") as f:
     f.write("one more line\n")
   done = cache.prepare_units(jobs(), str(tmp_path / "c"), 0.05, 1)
-  assert [p.path for u in done for p in u.parts] == [os.path.join(mine, "latin", "doc03.txt")]
+  assert len(done) == 1  # the one unit that holds the changed file
+  assert os.path.join(mine, "latin", "doc03.txt") in [p.path for p in done[0].parts]
 
 
 def test_another_tokenizer_gets_its_own_cache(tree, reference, tmp_path):
