@@ -164,3 +164,26 @@ def test_trim_export_keeps_to_the_sources_own_ids(run, tmp_path):
   text = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
   assert text.startswith("kalo")
   assert set(sp.encode(text[len("kalo"):])) <= owned | {sp.unk_id()}
+
+
+def test_spec_export_does_not_change_when_the_data_changes_afterwards(run, tmp_path):
+  """The id map, tokenizer and eval text live in the run: adding a file to a source after
+  training (or moving the data away) leaves the export byte for byte the same."""
+  import shutil
+  root, _ = run
+  data = str(tmp_path / "data")
+  shutil.copytree(root, data)
+  workdir = str(tmp_path / "spec")
+  train.train(text_config(data, "spec", steps=10, local_steps=5), workdir)
+  first, again = str(tmp_path / "hf1"), str(tmp_path / "hf2")
+  export_run.export(workdir, "latin", first)
+  with open(os.path.join(data, "latin", "extra.txt"), "w") as f:
+    f.write("".join(open(os.path.join(data, "cyrillic", n)).read()
+                    for n in sorted(os.listdir(os.path.join(data, "cyrillic")))[:2]))
+  export_run.export(workdir, "latin", again)
+  for name in sorted(os.listdir(first)):
+    assert open(os.path.join(first, name), "rb").read() == \
+        open(os.path.join(again, name), "rb").read(), name
+  shutil.rmtree(data)  # the data folder is needed only for training
+  assert export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=4).startswith("kalo")
+  assert modes.evaluate_run(workdir, None)["step"] == 10
