@@ -194,16 +194,25 @@ def test_trim_min_count_sends_rare_ids_to_unk_and_eval_counts_them(tree, cache_d
 
 
 # ------------------------------------------------------------------ the run's record
-def test_eval_data_comes_from_the_run_not_the_data_folder(tree, cache_dir, tmp_path):
+def _own_copy(tree, cache_dir, tmp_path, variant):
+  """(config over a copy of code+latin that the test may change, workdir, the copy's root)."""
   import shutil
   mine = str(tmp_path / "tree")
   shutil.copytree(tree, mine)
   named = {k: text.source(os.path.join(mine, k)) for k in ("code", "latin")}
-  c = _config(named, cache_dir, variant="spec")
-  wd = str(tmp_path / "wd")
-  first = build_data(c, wd)
-  with open(os.path.join(mine, "latin", "new.txt"), "w") as f:
+  return _config(named, cache_dir, variant=variant), str(tmp_path / "wd"), mine
+
+
+def _add_a_file(root):
+  with open(os.path.join(root, "latin", "new.txt"), "w") as f:
     f.write("".join(make_docs("greek", 2, 300)))
+
+
+def test_eval_data_comes_from_the_run_not_the_data_folder(tree, cache_dir, tmp_path):
+  import shutil
+  c, wd, mine = _own_copy(tree, cache_dir, tmp_path, "spec")
+  first = build_data(c, wd)
+  _add_a_file(mine)
   later = build_data(c, wd, training=False)
   np.testing.assert_array_equal(later.local_to_global, first.local_to_global)
   for a, b in zip(first.sources, later.sources):
@@ -215,16 +224,10 @@ def test_eval_data_comes_from_the_run_not_the_data_folder(tree, cache_dir, tmp_p
 
 
 def test_resuming_on_changed_data_refuses(tree, cache_dir, tmp_path):
-  import shutil
-  mine = str(tmp_path / "tree")
-  shutil.copytree(tree, mine)
-  named = {k: text.source(os.path.join(mine, k)) for k in ("code", "latin")}
-  c = _config(named, cache_dir, variant="trim")
-  wd = str(tmp_path / "wd")
+  c, wd, mine = _own_copy(tree, cache_dir, tmp_path, "trim")
   build_data(c, wd)
   build_data(c, wd)  # unchanged: fine
-  with open(os.path.join(mine, "latin", "new.txt"), "w") as f:
-    f.write("".join(make_docs("greek", 2, 300)))
+  _add_a_file(mine)
   with pytest.raises(DataError, match=r"source\(s\) latin changed since the run in .* started "
                      r".* Fix: restore the files, or train on the new data in a new workdir"):
     build_data(c, wd)
