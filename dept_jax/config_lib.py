@@ -77,7 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
       async_save=True,
       fallback=False,  # a damaged latest checkpoint: fall back to the previous good one
   ))
-  c.log = ml_collections.ConfigDict(dict(every=10, progress=True, tensorboard=True))
+  c.log = ml_collections.ConfigDict(dict(
+      every=10, progress=True, tensorboard=True,
+      wandb="",  # '' (off) | offline (a local run in WORKDIR/wandb, no network) | online
+      wandb_project="dept_jax", wandb_group="", wandb_name="",  # name '' = the workdir's name
+  ))
   return c
 
 
@@ -169,6 +173,8 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   for key in ("every",):
     if int(config.log[key]) <= 0:
       _fail(f"log.{key}", f"must be positive, got {config.log[key]}", "log every 1 or more steps")
+  from dept_jax import wandb_log
+  wandb_log.check(config.log)
   if config.on_nonfinite not in ("stop", "skip"):
     _fail("on_nonfinite", f"unknown policy '{config.on_nonfinite}'", "choose stop or skip")
   o = config.outer
