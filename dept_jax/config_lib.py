@@ -12,6 +12,11 @@ OUTER_OPTIMIZERS = ("fedavg", "nesterov")
 MESH_AXES = ("source", "data", "fsdp", "tensor")
 
 
+# STD baselines at the paper's mixture temperatures: tau=0 samples every source equally often,
+# tau=1 in proportion to its size (plain 'std' uses data.temperature, 0.3 by default).
+STD_PRESETS = {"std_tau0": 0.0, "std_tau1": 1.0}
+
+
 class ConfigError(ValueError):
   """A config that cannot run; the message names the key to change."""
 
@@ -87,6 +92,23 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _fail(key: str, problem: str, fix: str):
   raise ConfigError(f"config.{key}: {problem}. Fix: {fix}.")
+
+
+def resolve_variant(name: str) -> tuple[str, float | None]:
+  """A variant or STD preset name -> (variant, the data.temperature it sets, or None)."""
+  if name in STD_PRESETS:
+    return "std", STD_PRESETS[name]
+  if name not in VARIANTS:
+    _fail("variant", f"unknown variant '{name}'", f"choose one of {VARIANTS + tuple(STD_PRESETS)}")
+  return name, None
+
+
+def set_variant(config, name: str):
+  """config.variant (and, for an STD preset, data.temperature) from a variant or preset name."""
+  config.variant, temperature = resolve_variant(name)
+  if temperature is not None:
+    config.data.temperature = temperature
+  return config
 
 
 def num_slots(config, n_sources: int) -> int:

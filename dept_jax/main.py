@@ -3,6 +3,7 @@
   python -m dept_jax.main --config configs/tiny.py:spec --workdir runs/tiny [--config.steps=100]
   python -m dept_jax.main --mode=eval --workdir runs/tiny [--step 200]
   python -m dept_jax.main --mode=compile --config configs/pile_125m.py
+  python -m dept_jax.main --mode=study --config configs/study_tiny.py --workdir runs/study_tiny
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,7 +19,8 @@ from dept_jax.train import NonFiniteLossError
 config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, tokenizers.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "compile", "report", "export", "generate"],
+flags.DEFINE_enum("mode", "train",
+                  ["train", "eval", "compile", "report", "export", "generate", "study"],
                   "What to do.")
 flags.DEFINE_integer("step", None, "Checkpoint step to read (eval/export/generate); default latest.")
 flags.DEFINE_string("source", None, "Source name (export/generate).")

@@ -40,6 +40,9 @@ def run(mode: str, flags) -> None:
     workdir = _require(flags.workdir, "workdir", mode)
     train.train(config, workdir)
     report.plot(workdir)
+  elif mode == "study":
+    from dept_jax.study import runner
+    runner.run(_require(flags.config, "config", mode), _require(flags.workdir, "workdir", mode))
   elif mode == "compile":
     compile_report(_require(flags.config, "config", mode))
   elif mode == "eval":
