@@ -8,16 +8,20 @@ width 2048, 24 blocks, 16 heads, seq 2048, global batch 512 (64 per source), pea
 7,000 local steps in 14 rounds of 500. Paper: the body sync every 500 steps moves ~714x fewer
 parameters per step than STD's all-reduce, and per-source 50,257 tables use ~5x less embedding
 memory than one mT5-sized (250,112) table.
+STD baselines beside it: VARIANT std_tau0 / std_tau1 (mixture sampled uniformly / by size). The
+paper lowered STD's peak rate until it finished the schedule without diverging: find that rate with
+--mode=study and study.lr_sweep (configs/study_folders.py), or pass --config.optim.lr.
 """
-from dept_jax.config_lib import base_config
+from dept_jax.config_lib import base_config, set_variant
 from dept_jax.data.text import add_text_data, folder_sources
 
 
 def get_config(arg: str = "spec_opt"):
-  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source)."""
+  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source). VARIANT may be
+  std_tau0 / std_tau1: the STD baseline with its mixture sampled uniformly / by size."""
   variant, _, root = (arg or "spec_opt").partition(",")
   c = base_config()
-  c.variant = variant or "spec_opt"
+  set_variant(c, variant or "spec_opt")  # also std_tau0 / std_tau1: the STD baselines
   c.steps, c.local_steps = 7000, 500
   c.batch_size, c.seq_len = 64, 2048
   c.model.update(d_model=2048, n_layers=24, n_heads=16, d_ff=5504, dtype="bfloat16",

@@ -8,16 +8,20 @@ width 768, 12 blocks, 12 heads, seq 2048, global batch 256 (16 per source), peak
 5,000 local steps in 10 rounds of 500. The paper reports DEPT's best variant ~15% lower perplexity
 than STD after continued pre-training (at 350M); this preset is for reproducing the direction.
 DATA_ROOT is a folder with one subfolder of text per Pile domain (Ubuntu IRC held out).
+STD baselines beside it: VARIANT std_tau0 / std_tau1 (mixture sampled uniformly / by size). The
+paper lowered STD's peak rate until it finished the schedule without diverging: find that rate with
+--mode=study and study.lr_sweep (configs/study_folders.py), or pass --config.optim.lr.
 """
-from dept_jax.config_lib import base_config
+from dept_jax.config_lib import base_config, set_variant
 from dept_jax.data.text import add_text_data, folder_sources
 
 
 def get_config(arg: str = "spec"):
-  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source)."""
+  """arg: VARIANT[,DATA_ROOT] (DATA_ROOT: one subfolder of text per source). VARIANT may be
+  std_tau0 / std_tau1: the STD baseline with its mixture sampled uniformly / by size."""
   variant, _, root = (arg or "spec").partition(",")
   c = base_config()
-  c.variant = variant or "spec"
+  set_variant(c, variant or "spec")  # also std_tau0 / std_tau1: the STD baselines
   c.steps, c.local_steps = 5000, 500
   c.batch_size, c.seq_len = 16, 2048
   c.model.update(d_model=768, n_layers=12, n_heads=12, d_ff=2048, dtype="bfloat16",
