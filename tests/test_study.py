@@ -172,14 +172,14 @@ def test_device_groups_and_their_environment():
   assert scheduler.device_groups(8, 2) == [(0, 1), (2, 3), (4, 5), (6, 7)]
   assert scheduler.device_groups(8, 3) == [(0, 1, 2), (3, 4, 5)]
   assert scheduler.device_groups(4, 0) == [(0, 1, 2, 3)]
-  assert scheduler.device_env("gpu", (2, 3), 1, 8)["CUDA_VISIBLE_DEVICES"] == "2,3"
-  tpu = scheduler.device_env("tpu", (1,), 1, 4)
+  assert scheduler.device_env("gpu", (2, 3), 1)["CUDA_VISIBLE_DEVICES"] == "2,3"
+  tpu = scheduler.device_env("tpu", (1,), 1)
   assert tpu["TPU_VISIBLE_CHIPS"] == "1" and tpu["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
-  assert tpu["TPU_MESH_CONTROLLER_PORT"] != scheduler.device_env("tpu", (0,), 0, 4)[
+  assert tpu["TPU_MESH_CONTROLLER_PORT"] != scheduler.device_env("tpu", (0,), 0)[
       "TPU_MESH_CONTROLLER_PORT"]
-  assert scheduler.device_env("cpu", (0,), 0, 8) == {}
+  assert scheduler.device_env("cpu", (0,), 0) == {}
   with pytest.raises(StudyError, match="3 TPU chips per cell"):
-    scheduler.device_env("tpu", (0, 1, 2), 0, 8)
+    scheduler.device_env("tpu", (0, 1, 2), 0)
 
 
 # ------------------------------------------------------------------ a whole study

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 
 from dept_jax import config_lib
@@ -26,28 +27,31 @@ def _prepare(cell: grid.Cell, cells_dir: str) -> scheduler.Task:
   path = os.path.join(d, "cell.json")
   if not os.path.exists(path):  # the key hashes the config: an existing cell.json is this cell
     write_json(path, {"arm": cell.arm.name, "variant": cell.arm.variant, "seed": cell.seed,
-                      "lr": cell.lr, "config": cell.config.to_dict(), "ood": cell.ood,
+                      "lr": cell.lr, "config": json.loads(cell.config.to_json_best_effort()),
+                      "ood": cell.ood,
                       "ood_key": cell.ood_key})
   return scheduler.Task(d, ("train", "ood") if cell.ood else ("train",),
                         f"{cell.arm.name} seed {cell.seed} lr {cell.lr:g}")
 
 
-def _devices_per_cell(s) -> int:
-  if not s.isolate:
-    import jax
-    return jax.device_count()
-  if s.devices_per_cell:
+def _devices(s) -> tuple[str, int, int]:
+  """(platform, devices present, devices each cell sees)."""
+  if s.isolate:
     platform, count = scheduler.discover_devices()
-    return s.devices_per_cell if platform != "cpu" else count
-  return 0  # every device; checked by the cell itself
+  else:
+    import jax
+    platform, count = jax.devices()[0].platform, jax.device_count()
+  per_cell = count
+  if s.isolate and platform != "cpu" and 0 < s.devices_per_cell < count:
+    per_cell = s.devices_per_cell
+  return platform, count, per_cell
 
 
 def _check_cells(cells, n_devices: int):
   """Each cell's training config passes the trainer's own checks before any cell starts."""
   for c in cells:
     try:
-      if n_devices:
-        config_lib.validate(c.config, n_devices)
+      config_lib.validate(c.config, n_devices)
     except config_lib.ConfigError as e:
       raise StudyError(f"arm '{c.arm.name}' (seed {c.seed}): {e}") from None
 
@@ -77,8 +81,8 @@ def run(config, workdir: str) -> dict:
             for a in arms if grid.swept(config, a)}
   main = {a.name: [grid.cell(config, a, seed, base_lr, name) for seed in seeds]
           for a in arms if a.name not in sweeps}
-  _check_cells([c for cs in [*sweeps.values(), *main.values()] for c in cs],
-               _devices_per_cell(s))
+  platform, count, per_cell = _devices(s)
+  _check_cells([c for cs in [*sweeps.values(), *main.values()] for c in cs], per_cell)
   budget = grid.token_budget(config)
   print(f"[study] {len(arms)} arms x {len(seeds)} seeds at {budget:,} training tokens each"
         + (f", learning-rate sweep {tuple(s.lr_sweep)} for {', '.join(sweeps)}" if sweeps else ""),
@@ -88,7 +92,10 @@ def run(config, workdir: str) -> dict:
     tasks = [_prepare(c, cells_dir) for c in cells]
     if stages:
       tasks = [scheduler.Task(t.cell_dir, stages, t.label) for t in tasks]
-    scheduler.run(tasks, s.isolate, s.devices_per_cell)
+    if s.isolate:
+      scheduler.run_isolated(tasks, platform, scheduler.device_groups(count, per_cell))
+    else:
+      scheduler.run_in_process(tasks)
 
   try:
     run_phase([c for cs in sweeps.values() for c in cs], ("train",))

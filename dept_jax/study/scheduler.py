@@ -48,9 +48,9 @@ def device_groups(count: int, per_cell: int) -> list[tuple[int, ...]]:
 _TPU_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1"}
 
 
-def device_env(platform: str, ids: tuple, slot: int, every: int) -> dict:
+def device_env(platform: str, ids: tuple, slot: int) -> dict:
   """Environment that shows a cell only its devices. CPU cells see every (host) device."""
-  if platform == "cpu" or len(ids) == every:
+  if platform == "cpu":
     return {}
   joined = ",".join(map(str, ids))
   if platform in ("gpu", "cuda", "rocm"):
@@ -72,7 +72,7 @@ def _say(msg: str):
   print(f"[study] {msg}", flush=True)
 
 
-def run_in_process(tasks: list[Task]) -> list[str]:
+def run_in_process(tasks: list[Task]):
   """One after another in this process (a crash raises here); the training loop itself turns
   SIGTERM/SIGINT into a checkpoint and a return."""
   for t in tasks:
@@ -81,7 +81,6 @@ def run_in_process(tasks: list[Task]) -> list[str]:
       _say(f"{t.label}: {'+'.join(stages)}")
       if run_cell(t.cell_dir, stages) == INTERRUPTED:
         raise KeyboardInterrupt
-  return []
 
 
 class _Stop:
@@ -109,14 +108,10 @@ class _Stop:
       signal.signal(sig, old)
 
 
-def run_isolated(tasks: list[Task], devices_per_cell: int) -> list[str]:
-  """Each pending task in a child process on a free device group. Returns the cells that
-  crashed (their logs name the error); raises KeyboardInterrupt when stopped by a signal."""
+def run_isolated(tasks: list[Task], platform: str, groups: list[tuple]):
+  """Each pending task in a child process on a free device group. Raises StudyError naming the
+  cells that crashed (their logs hold the error), KeyboardInterrupt when stopped by a signal."""
   todo = [t for t in tasks if t.pending()]
-  if not todo:
-    return []
-  platform, count = ("cpu", 1) if devices_per_cell <= 0 else discover_devices()
-  groups = device_groups(count, 0 if platform == "cpu" else devices_per_cell)
   free = list(range(len(groups)))
   running, failed = [], []
   with _Stop(running) as stop:
@@ -124,7 +119,9 @@ def run_isolated(tasks: list[Task], devices_per_cell: int) -> list[str]:
       while todo and free and not stop.stopped:
         t, g = todo.pop(0), free.pop(0)
         stages = t.pending()
-        env = {**os.environ, **device_env(platform, groups[g], g, count)}
+        env = dict(os.environ)
+        if len(groups) > 1:
+          env.update(device_env(platform, groups[g], g))
         log = open(os.path.join(t.cell_dir, "log.txt"), "a")
         proc = subprocess.Popen([sys.executable, "-m", "dept_jax.study.cell", t.cell_dir,
                                  "--stages", ",".join(stages)], stdout=log,
@@ -149,11 +146,6 @@ def run_isolated(tasks: list[Task], devices_per_cell: int) -> list[str]:
           _say(f"{t.label}: finished")
       if stop.stopped and not running:
         raise KeyboardInterrupt
-  return failed
-
-
-def run(tasks: list[Task], isolate: bool, devices_per_cell: int):
-  failed = run_isolated(tasks, devices_per_cell) if isolate else run_in_process(tasks)
   if failed:
     raise StudyError(f"{len(failed)} cell(s) failed: "
                      + ", ".join(f"{d}/log.txt" for d in failed)
