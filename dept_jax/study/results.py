@@ -63,7 +63,8 @@ def cell_record(cell_dir: str) -> dict:
   steps = spec["config"]["steps"]
   rec = {"cell": os.path.basename(cell_dir), "arm": spec["arm"], "variant": spec["variant"],
          "seed": spec["seed"], "lr": spec["lr"], "steps": steps, "status": trained["status"],
-         "wall_s": trained.get("wall_s"), "bpb": {}, "mean_bpb": None,
+         "wall_s": trained.get("wall_s"), "cpu_s": trained.get("cpu_s"), "bpb": {},
+         "mean_bpb": None,
          "train_loss_first": losses[0] if losses else None,
          "train_loss_last": losses[-1] if losses else None,
          "tokens": tokens_seen(rows), "comm_bytes": communication(rows, steps),

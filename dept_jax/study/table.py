@@ -11,7 +11,7 @@ from dept_jax.study import stats
 
 # Columns of cells.csv (one row per cell); per-source values follow them.
 CELL_COLUMNS = ("cell", "arm", "variant", "seed", "lr", "status", "steps", "mean_bpb",
-                "ood_bpb", "wall_s", "comm_bytes")
+                "ood_bpb", "wall_s", "cpu_s", "comm_bytes")
 
 
 def _ood_bpb(rec):
@@ -30,6 +30,7 @@ def arm_summary(name: str, recs: list[dict], sources: list[str]) -> dict:
       "ood_bpb": stats.mean_std(_ood_bpb(r) for r in ok),
       "tokens": {s: stats.mean_std(r["tokens"].get(s, 0) for r in ok)["mean"] for s in sources},
       "wall_s": stats.mean_std(r["wall_s"] for r in ok),
+      "cpu_s": stats.mean_std(r.get("cpu_s") for r in ok),
       "ood_wall_s": stats.mean_std(ood_wall),
       "comm_bytes": stats.mean_std(r["comm_bytes"] for r in ok)["mean"],
       "by_seed": {"mean": {r["seed"]: r["mean_bpb"] for r in ok},
@@ -160,10 +161,11 @@ def markdown(summary: dict) -> str:
                  len(a["diverged"]), _pm(a["mean_bpb"]), _diff(d.get("mean")), _pct(d.get("mean")),
                  *([_pm(a["ood_bpb"]), _diff(d.get("ood"))] if hold else []),
                  f"{sum(v or 0 for v in a['tokens'].values()):,.0f}",
-                 _num(a["wall_s"]["mean"], 0), _bytes(a["comm_bytes"])])
+                 _num(a["wall_s"]["mean"], 0), _num(a["cpu_s"]["mean"], 0),
+                 _bytes(a["comm_bytes"])])
   lines += ["", "## Summary", ""] + _table(
       ["arm", "lr", "seeds", "diverged", "bpb (mean of sources)", f"Δ vs {ref} [95% CI]", "Δ %",
-       *ood_head, "tokens seen", "train wall s", "comm per worker"], rows)
+       *ood_head, "tokens seen", "train wall s", "train CPU s", "comm per worker"], rows)
   verdicts = verdict_lines(summary)
   if verdicts:
     lines += ["", "## Against the reference", "", *verdicts]
