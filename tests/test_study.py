@@ -74,6 +74,17 @@ def test_a_changed_setting_is_a_new_cell_and_logging_is_not():
   assert grid.cell(c, arm, 1, 1e-3).key != grid.cell(c, arm, 0, 1e-3).key
 
 
+def test_with_wandb_every_cell_is_a_run_in_the_studys_group():
+  c = study_config()
+  c.log.wandb = "offline"
+  cells = [grid.cell(c, a, seed, 1e-3, "study_x") for a in grid.arms(c) for seed in (0, 1)]
+  assert {cell.config.log.wandb_group for cell in cells} == {"study_x"}
+  assert len({cell.config.log.wandb_name for cell in cells}) == 4
+  assert len({cell.key for cell in cells}) == 4  # logging settings do not make new cells
+  c.log.wandb_group = "mine"
+  assert grid.cell(c, grid.arms(c)[0], 0, 1e-3, "study_x").config.log.wandb_group == "mine"
+
+
 @pytest.mark.parametrize("study, message", [
     (dict(grid="model.width=1,2"), "config.study.grid: 'model.width' is not a config key. Fix:"),
     (dict(grid="steps=10,20"), "config.study.grid: 'steps' is set by the study. Fix:"),
