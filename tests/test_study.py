@@ -95,6 +95,8 @@ def test_with_wandb_every_cell_is_a_run_in_the_studys_group():
     (dict(lr_sweep=(1e-3, -1.0)), "config.study.lr_sweep: (0.001, -1.0) holds a rate"),
     (dict(grid="optim.lr=0.1,0.2", lr_sweep=(0.1,)), "config.study.grid: optim.lr is in the grid and"),
     (dict(baseline="std"), "config.study.baseline: 'std' is not an arm of this study"),
+    (dict(ood_steps=0), "config.study.ood_steps: must be positive, got 0. Fix:"),
+    (dict(devices_per_cell=-1), "config.study.devices_per_cell: must be >= 0, got -1. Fix:"),
 ])
 def test_bad_study_settings_fail_in_one_line(study, message):
   with pytest.raises(StudyError) as e:

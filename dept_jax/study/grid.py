@@ -185,9 +185,11 @@ def check(config) -> ml_collections.ConfigDict:
     _fail("lr_sweep_arms", f"unknown '{s.lr_sweep_arms}'", "choose std or all")
   if s.lr_rule not in ("highest_stable", "lowest_bpb"):
     _fail("lr_rule", f"unknown '{s.lr_rule}'", "choose highest_stable or lowest_bpb")
-  if s.token_budget < 0 or s.devices_per_cell < 0 or s.ood_steps <= 0 or s.ood_lr < 0:
-    _fail("token_budget", "token_budget, devices_per_cell and ood_lr must be >= 0 and ood_steps "
-          "> 0", "fix the negative value")
+  for key in ("token_budget", "devices_per_cell", "ood_lr"):
+    if s[key] < 0:
+      _fail(key, f"must be >= 0, got {s[key]}", "use 0 for the default or a positive value")
+  if s.ood_steps <= 0:
+    _fail("ood_steps", f"must be positive, got {s.ood_steps}", "give the adaptation some steps")
   names = source_names(base)
   if s.holdout and s.holdout not in names:
     _fail("holdout", f"'{s.holdout}' is not a source ({', '.join(names)})", "name one of them")
