@@ -46,6 +46,12 @@ def test_every_cell_trains_the_same_tokens_when_dept_samples_sources():
   assert cells["spec outer.sources_per_round=2"].config.steps == 20
 
 
+def test_a_grid_over_the_learning_rate_sets_each_cells_rate():
+  c = study_config(variants=("spec",), grid="optim.lr=0.01,0.03")
+  cells = [grid.cell(c, a, 0, c.optim.lr) for a in grid.arms(c)]
+  assert [(cell.lr, cell.config.optim.lr) for cell in cells] == [(0.01, 0.01), (0.03, 0.03)]
+
+
 def test_budget_rounds_up_to_whole_rounds():
   c = study_config(variants=("spec",), token_budget=2000, holdout="")
   cell = grid.cell(c, grid.arms(c)[0], 0, 1e-3)

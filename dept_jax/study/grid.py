@@ -290,13 +290,13 @@ def cell(config, arm: Arm, seed: int, lr: float, group: str = "study") -> Cell:
   c = base_config(config)
   with c.unlocked():
     config_lib.set_variant(c, arm.variant)
+    c.optim.lr = float(lr)  # before the grid's settings: a grid over optim.lr wins
     for key, value in arm.settings:
       try:
         c.update_from_flattened_dict({key: value})
       except (TypeError, ValueError) as e:
         _fail("grid", f"{key}={value!r} does not fit the key ({e})", "give a value of its type")
     c.seed = int(seed)
-    c.optim.lr = float(lr)
     if s.holdout:
       _drop_holdout(c, s.holdout)
     c.steps = budget_steps(c, len(training_sources(config)), token_budget(config))
@@ -304,5 +304,5 @@ def cell(config, arm: Arm, seed: int, lr: float, group: str = "study") -> Cell:
     if c.log.get("wandb", ""):
       c.log.wandb_group = c.log.wandb_group or group
       c.log.wandb_name = f"{arm.name} lr={lr:g} seed={seed}"
-  return Cell(arm, int(seed), float(lr), c, ood_spec(config))
+  return Cell(arm, int(seed), float(c.optim.lr), c, ood_spec(config))
 
