@@ -25,7 +25,8 @@ setup(
         "safetensors>=0.8,<0.9",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        "test": ["pytest>=8,<10", "wandb>=0.31,<0.32"],
+        "wandb": ["wandb>=0.31,<0.32"],  # log.wandb=offline|online
         # Only the export parity test needs these; the export itself is torch-free.
         "hf": ["torch==2.13.0", "transformers>=5.20,<6"],
     },

@@ -11,9 +11,10 @@ console and metrics.jsonl to show every source's eval/<source>/loss and eval/<so
 falling at each eval (every 50 steps): measured bits per byte went from 3.0-4.4 at step 50 to
 2.3-3.1 at step 400 (prose 3.28 -> 2.67, python 4.13 -> 3.04, c_headers 3.97 -> 2.91, msg_ja 2.97 ->
 2.30).
-Other variants: --config.variant=trim (one global tokenizer, trimmed per source).
+Other variants: --config.variant=trim (one global tokenizer, trimmed per source), or as the
+argument: configs/demo.py:std_tau1 (the STD baseline, mixture sampled by size).
 """
-from dept_jax.config_lib import base_config
+from dept_jax.config_lib import base_config, set_variant
 from dept_jax.data import corpus
 from dept_jax.data.text import add_text_data, source
 
@@ -22,7 +23,7 @@ SOURCES = ("prose", "python", "c_headers", "licences", "msg_de", "msg_ja")
 
 def get_config(arg: str = ""):
   c = base_config()
-  c.variant = arg or "spec_opt"
+  set_variant(c, arg or "spec_opt")
   c.steps = 400
   c.local_steps = 50
   c.batch_size = 8

@@ -17,7 +17,7 @@ from dept_jax.data.text import add_text_data, folder_sources
 
 def get_config(arg: str = ""):
   if not arg:
-    from dept_jax.data.sources import DataError
+    from dept_jax.data.base import DataError
     raise DataError("configs/folders.py needs a folder. Fix: --config configs/folders.py:/path/DIR")
   c = base_config()
   c.variant = "spec_opt"

@@ -12,6 +12,9 @@ width 2048, 24 blocks, 16 heads, seq 2048, global batch 512 (64 per source), pea
 7,000 local steps in 14 rounds of 500. Paper: the body sync every 500 steps moves ~714x fewer
 parameters per step than STD's all-reduce, and per-source 50,257 tables use ~5x less embedding
 memory than one mT5-sized (250,112) table.
+STD baselines beside it: VARIANT std_tau0 / std_tau1 (mixture sampled uniformly / by size). The
+paper lowered STD's peak rate until it finished the schedule without diverging: find that rate with
+--mode=study and study.lr_sweep (configs/study_folders.py), or pass --config.optim.lr.
 """
 from dept_jax.config_lib import base_config
 from dept_jax.data.text import paper_preset_data

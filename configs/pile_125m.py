@@ -14,6 +14,9 @@ once into data.cache_dir (every host its share); training runs and variants then
 width 768, 12 blocks, 12 heads, seq 2048, global batch 256 (16 per source), peak lr 6e-4,
 5,000 local steps in 10 rounds of 500. The paper reports DEPT's best variant ~15% lower perplexity
 than STD after continued pre-training (at 350M); this preset is for reproducing the direction.
+STD baselines beside it: VARIANT std_tau0 / std_tau1 (mixture sampled uniformly / by size). The
+paper lowered STD's peak rate until it finished the schedule without diverging: find that rate with
+--mode=study and study.lr_sweep (configs/study_folders.py), or pass --config.optim.lr.
 """
 from dept_jax.config_lib import base_config
 from dept_jax.data.text import paper_preset_data

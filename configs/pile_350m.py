@@ -7,6 +7,9 @@ Argument: VARIANT[,DATA_ROOT[,TOKENIZER]], as in configs/pile_125m.py (prepare t
 --mode=prepare first). width 1024, 24 blocks, 16 heads, seq 2048, global batch 256 (16 per source),
 peak lr 3e-4, 13,500 local steps in 27 rounds of 500. Paper: DEPT's best variant ~15.3% lower
 perplexity than the best STD after continued pre-training; even the worst variant ~9.7% lower.
+STD baselines beside it: VARIANT std_tau0 / std_tau1 (mixture sampled uniformly / by size). The
+paper lowered STD's peak rate until it finished the schedule without diverging: find that rate with
+--mode=study and study.lr_sweep (configs/study_folders.py), or pass --config.optim.lr.
 """
 from dept_jax.config_lib import base_config
 from dept_jax.data.text import paper_preset_data

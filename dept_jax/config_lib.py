@@ -12,6 +12,11 @@ OUTER_OPTIMIZERS = ("fedavg", "nesterov")
 MESH_AXES = ("source", "data", "fsdp", "tensor")
 
 
+# STD baselines at the paper's mixture temperatures: tau=0 samples every source equally often,
+# tau=1 in proportion to its size (plain 'std' uses data.temperature, 0.3 by default).
+STD_PRESETS = {"std_tau0": 0.0, "std_tau1": 1.0}
+
+
 class ConfigError(ValueError):
   """A config that cannot run; the message names the key to change."""
 
@@ -77,12 +82,33 @@ def base_config() -> ml_collections.ConfigDict:
       async_save=True,
       fallback=False,  # a damaged latest checkpoint: fall back to the previous good one
   ))
-  c.log = ml_collections.ConfigDict(dict(every=10, progress=True, tensorboard=True))
+  c.log = ml_collections.ConfigDict(dict(
+      every=10, progress=True, tensorboard=True,
+      wandb="",  # '' (off) | offline (a local run in WORKDIR/wandb, no network) | online
+      wandb_project="dept_jax", wandb_group="", wandb_name="",  # name '' = the workdir's name
+  ))
   return c
 
 
 def _fail(key: str, problem: str, fix: str):
   raise ConfigError(f"config.{key}: {problem}. Fix: {fix}.")
+
+
+def resolve_variant(name: str) -> tuple[str, float | None]:
+  """A variant or STD preset name -> (variant, the data.temperature it sets, or None)."""
+  if name in STD_PRESETS:
+    return "std", STD_PRESETS[name]
+  if name not in VARIANTS:
+    _fail("variant", f"unknown variant '{name}'", f"choose one of {VARIANTS + tuple(STD_PRESETS)}")
+  return name, None
+
+
+def set_variant(config, name: str):
+  """config.variant (and, for an STD preset, data.temperature) from a variant or preset name."""
+  config.variant, temperature = resolve_variant(name)
+  if temperature is not None:
+    config.data.temperature = temperature
+  return config
 
 
 def num_slots(config, n_sources: int) -> int:
@@ -169,6 +195,8 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   for key in ("every",):
     if int(config.log[key]) <= 0:
       _fail(f"log.{key}", f"must be positive, got {config.log[key]}", "log every 1 or more steps")
+  from dept_jax import wandb_log
+  wandb_log.check(config.log)
   if config.on_nonfinite not in ("stop", "skip"):
     _fail("on_nonfinite", f"unknown policy '{config.on_nonfinite}'", "choose stop or skip")
   o = config.outer

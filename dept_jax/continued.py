@@ -29,10 +29,11 @@ def _inherit(parent) -> ml_collections.ConfigDict:
   return c
 
 
-def new_source_config(parent_workdir: str, sources: dict, *, steps: int = 200,
-                      local_steps: int = 50, freeze_body: bool = False):
+def new_source_config(parent_workdir: str, sources: dict | None = None, *, data=None,
+                      steps: int = 200, local_steps: int = 50, freeze_body: bool = False):
   """Attach fresh tables and tokenizers for `sources` ({name: text.source(...)}) to the parent's
-  body and train them (SPEC-OPT: each new source gets its own tokenizer)."""
+  body and train them (SPEC-OPT: each new source gets its own tokenizer). `data` instead of
+  `sources`: a whole config.data block of another kind (e.g. synthetic chains)."""
   from dept_jax.data.text import add_text_data
   parent = parent_config(parent_workdir)
   c = _inherit(parent)
@@ -40,6 +41,9 @@ def new_source_config(parent_workdir: str, sources: dict, *, steps: int = 200,
   c.steps, c.local_steps = steps, local_steps
   c.init_from.workdir = os.path.abspath(os.path.expanduser(parent_workdir))
   c.freeze_body = freeze_body
+  if data is not None:
+    c.data = data
+    return c
   add_text_data(c, sources)
   if parent.data.get("source_vocab_size"):
     c.data.source_vocab_size = parent.data.source_vocab_size

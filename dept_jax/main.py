@@ -4,6 +4,7 @@
   python -m dept_jax.main --mode=prepare --config configs/demo.py [--workdir runs/demo]
   python -m dept_jax.main --mode=eval --workdir runs/tiny [--step 200]
   python -m dept_jax.main --mode=compile --config configs/pile_125m.py
+  python -m dept_jax.main --mode=study --config configs/study_tiny.py --workdir runs/study_tiny
 """
 import sys
 
@@ -16,7 +17,7 @@ config_flags.DEFINE_config_file("config", None, "An ml_collections config file (
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, metrics, checkpoints, tokenizers.")
 flags.DEFINE_enum("mode", "train", ["train", "prepare", "eval", "compile", "report", "export",
-                                   "generate"], "What to do.")
+                                   "generate", "study"], "What to do.")
 flags.DEFINE_integer("step", None, "Checkpoint step to read (eval/export/generate); default latest.")
 flags.DEFINE_string("source", None, "Source name (export/generate).")
 flags.DEFINE_string("out", None, "Output directory (export).")

@@ -1,5 +1,6 @@
 """Where a run's numbers go: DIR/metrics.jsonl, TensorBoard events (tensorboardX, no TensorFlow),
-and a console progress bar with ETA. Only process 0 writes."""
+optionally a Weights & Biases run (config.log.wandb), and a console progress bar with ETA. Only
+process 0 writes."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,11 @@ def is_writer() -> bool:
 
 class MetricsWriter:
   def __init__(self, workdir: str, total_steps: int, start_step: int = 0, *, tensorboard=True,
-               progress=True):
+               progress=True, config=None):
+    """config: the run's resolved config; with config.log.wandb set it also starts a W&B run."""
     self.enabled = is_writer()
     self.total, self.start = total_steps, start_step
-    self._jsonl = self._tb = self._bar = None
+    self._jsonl = self._tb = self._bar = self._wandb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -30,6 +32,9 @@ class MetricsWriter:
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(logdir=workdir, flush_secs=10)
+    if config is not None and config.log.get("wandb", ""):
+      from dept_jax import wandb_log
+      self._wandb = wandb_log.start(workdir, config)
     if progress:
       from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -44,6 +49,8 @@ class MetricsWriter:
       for k, v in clean.items():
         if isinstance(v, (int, float)) and math.isfinite(v):
           self._tb.add_scalar(k, v, step)
+    if self._wandb is not None:
+      self._wandb.log(step, clean)
 
   def advance(self, steps: int = 1, postfix: str | None = None):
     if self._bar is not None:
@@ -66,6 +73,8 @@ class MetricsWriter:
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
     self._jsonl.close()
 
 

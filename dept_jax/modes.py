@@ -42,6 +42,9 @@ def run(mode: str, flags) -> None:
     report.plot(workdir)
   elif mode == "prepare":
     prepare_data(_require(flags.config, "config", mode), flags.workdir)
+  elif mode == "study":
+    from dept_jax.study import runner
+    runner.run(_require(flags.config, "config", mode), _require(flags.workdir, "workdir", mode))
   elif mode == "compile":
     compile_report(_require(flags.config, "config", mode))
   elif mode == "eval":

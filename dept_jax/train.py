@@ -117,7 +117,7 @@ def train(config, workdir: str) -> dict:
   step = int(jax.device_get(state["step"]))
 
   writer = metrics_io.MetricsWriter(workdir, c.steps, step, tensorboard=c.log.tensorboard,
-                                    progress=c.log.progress)
+                                    progress=c.log.progress, config=c)
   outer_compiled, outer_bytes = None, 0
   evaluator = evaluation.Evaluator(exp)
   timer = metrics_io.StepTimer()
@@ -160,6 +160,8 @@ def train(config, workdir: str) -> dict:
       elif std and step % N == 0:
         # STD has no rounds; it is evaluated on the schedule of the other variants' outer steps.
         log.update(evaluator.run(state, slot_sources, after_outer=True))
+        # What each data-parallel worker all-reduces every step: the gradient of every parameter.
+        log["comm/step_payload_bytes"] = _tree_bytes(prog.abstract_state["slots"]["params"])
       elif c.eval.every and step % c.eval.every == 0:
         log.update(evaluator.run(state, slot_sources, after_outer=std))
       if log or step % c.log.every == 0 or step == c.steps:
@@ -239,6 +241,10 @@ def _on_nonfinite(exp, ckpt, acc, state, step, rnd, slot_sources, m, writer):
       "updates and go on.")
 
 
+def _tree_bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
 def _eval_line(step, log, names):
   parts = []
   for n in names:
@@ -284,6 +290,7 @@ class _Accumulator:
     for n, s, t in zip(self.names, self.nll, self.tok):
       if t:
         out[f"train/{n}/loss"] = float(s / t)
+        out[f"train/{n}/tokens"] = int(t)  # target tokens trained on in this interval
     if self.tok.sum():
       out["train/loss"] = float(self.nll.sum() / self.tok.sum())
     self.nll[:] = 0

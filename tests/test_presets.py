@@ -59,3 +59,14 @@ def test_spec_opt_preset_matches_the_papers_embedding_memory():
   per_source = 50257 * c.model.d_model
   assert round(per_source / 1e6, 1) == 102.9
   assert round(250112 * c.model.d_model / 1e6, 1) == 512.2
+
+
+@pytest.mark.parametrize("name", ["pile_125m", "pile_350m", "mc4_1b_spec_opt"])
+def test_std_baselines_sit_beside_every_preset(name):
+  """The paper's STD baselines: the same model and schedule, the mixture sampled at tau 0 / 1."""
+  dept_preset = load(name)
+  for arg, tau in (("std_tau0", 0.0), ("std_tau1", 1.0)):
+    c = load(name, arg)
+    assert c.variant == "std" and c.data.temperature == tau
+    assert c.model == dept_preset.model and (c.steps, c.batch_size, c.seq_len) == (
+        dept_preset.steps, dept_preset.batch_size, dept_preset.seq_len)

@@ -152,7 +152,7 @@ def ensure(name: str, cache: str = "", cap_bytes: int = CAP_BYTES) -> str:
     return path
   why = why_absent(name)
   if why:
-    from dept_jax.data.sources import fail
+    from dept_jax.data.base import fail
     fail(name, f"this built-in source cannot be made here: {why}",
          "drop it from config.data.sources, or use configs/folders.py with your own text")
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -2,17 +2,17 @@
 
 Source k speaks over its own subset of a global vocabulary (subsets overlap, some global ids belong
 to nobody), so every variant's vocabulary rule is exercised: glob/std see global ids, trim/spec see
-the trimmed local ids, spec_opt gets a private vocabulary of its own size. A chain follows a fixed
+the trimmed local ids, spec_opt a private vocabulary. Whatever the variant, source k is the same
+chain over the same states, so variants are compared on one task. A chain follows a fixed
 successor with probability `p_follow`, else one of 3 alternatives, so the loss floor is far below
 ln(vocab) and falling loss means the model learned the source.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import dataclasses
 
 import grain
+import numpy as np
 
 from dept_jax.data.base import DataBundle, SourceData
 
@@ -64,38 +64,52 @@ class MarkovSource:
     return batches
 
 
+def chain_indices(data) -> list[int]:
+  """Which chains a config builds: data.chains if set (e.g. a study holding one out), else
+  0..num_sources-1."""
+  chains = list(data.get("chains", ()) or ())
+  return [int(k) for k in chains] if chains else list(range(data.num_sources))
+
+
+def owned_ids(seed: int, chain: int, G: int) -> np.ndarray:
+  """The global ids chain k speaks: drawn from its own seed, so a chain is the same task whichever
+  other chains are built. The top 1/16 of the vocabulary belongs to no chain."""
+  pool = G - max(1, G // 16)
+  n_k = int(pool * (0.5 + 0.1 * (chain % 4)))  # sizes differ per source
+  rng = np.random.default_rng([seed, 3, chain])
+  return np.sort(rng.choice(pool, size=n_k, replace=False)).astype(np.int32)
+
+
 def build(config) -> DataBundle:
-  """Sources for config.variant from config.data.{num_sources, vocab_size, source_vocab_size}."""
+  """Sources for config.variant from config.data.{num_sources or chains, vocab_size}.
+
+  Every variant gets the same chains (same states, same sequences); only the ids differ: global
+  ids for std/glob, trimmed local ids for trim/spec, and for spec_opt a private vocabulary of the
+  chain's own states (so data.source_vocab_size, which sizes text tokenizers, is not used here).
+  """
   d, variant = config.data, config.variant
-  K, G = d.num_sources, d.vocab_size
-  rng = np.random.default_rng([config.seed, 3])
-  owned = []
-  for k in range(K):
-    n_k = int(G * (0.5 + 0.3 * k / max(K - 1, 1)))  # sizes differ per source
-    owned.append(np.sort(rng.choice(G, size=n_k, replace=False)).astype(np.int32))
+  G = d.vocab_size
+  chains = chain_indices(d)
+  owned = {k: owned_ids(config.seed, k, G) for k in chains}
 
   def make(k, emit):
-    src = MarkovSource(f"source{k}", len(owned[k]) if variant != "spec_opt" else len(emit),
-                       emit, config.seq_len, config.batch_size, config.seed, k)
+    src = MarkovSource(f"source{k}", len(owned[k]), emit, config.seq_len, config.batch_size,
+                       config.seed, k)
     src.eval_count = d.eval_batches
     return src
 
+  local = [make(k, np.arange(len(owned[k]))).data() for k in chains]
   if variant == "spec_opt":
-    step = max(d.source_vocab_size // (2 * K), 1)  # private vocabularies of different sizes
-    streams = [make(k, np.arange(d.source_vocab_size - step * k)) for k in range(K)]
-    return DataBundle([s.data() for s in streams])
-  global_streams = [make(k, owned[k]) for k in range(K)]
-  global_data = [s.data() for s in global_streams]
+    return DataBundle(local)
+  global_data = [make(k, owned[k]).data() for k in chains]
   if variant in ("std", "glob"):
-    l2g = np.tile(np.arange(G, dtype=np.int32), (K, 1))
+    l2g = np.tile(np.arange(G, dtype=np.int32), (len(chains), 1))
     sources = [dataclasses.replace(s, vocab_size=G) for s in global_data]
   else:  # trim, spec: local ids index the trimmed vocabulary
-    sources = [make(k, np.arange(len(owned[k]))).data() for k in range(K)]
-    rows = max(len(o) for o in owned)
-    l2g = np.full((K, rows), -1, np.int32)
-    for k, o in enumerate(owned):
-      l2g[k, :len(o)] = o
+    sources = local
+    l2g = np.full((len(chains), max(len(owned[k]) for k in chains)), -1, np.int32)
+    for i, k in enumerate(chains):
+      l2g[i, :len(owned[k])] = owned[k]
   return DataBundle(sources, global_vocab_size=G, local_to_global=l2g,
                     global_windows=[s.windows for s in global_data],
                     global_eval_batches=[s.eval_batches for s in global_data])
-

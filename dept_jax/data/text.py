@@ -103,10 +103,12 @@ def paper_preset_data(config, arg: str, default_variant: str, sources: int, voca
                       source_vocab_size: int, sample_bytes: int = 64 << 20):
   """The data part of a paper preset from its argument VARIANT[,DATA_ROOT[,TOKENIZER]]: one source
   per subfolder of DATA_ROOT (without it, shapes only: --mode=compile and the tests), the given
-  tokenizer as the global one, trained tokenizers learning from a streamed sample_bytes."""
+  tokenizer as the global one, trained tokenizers learning from a streamed sample_bytes. VARIANT
+  may be std_tau0 / std_tau1: the STD baseline with its mixture sampled uniformly / by size."""
+  from dept_jax.config_lib import set_variant
   variant, _, rest = (arg or default_variant).partition(",")
   root, _, tokenizer = rest.partition(",")
-  config.variant = variant or default_variant
+  set_variant(config, variant or default_variant)
   if tokenizer and config.variant == "spec_opt":
     raise DataError("spec_opt trains one tokenizer per source, so the preset's TOKENIZER argument "
                     "does not apply. Fix: drop it, or set config.data.sources.<name>.tokenizer.")
