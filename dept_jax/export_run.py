@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -54,6 +55,7 @@ def _need_tokenizer(path, workdir):
 
 def export(workdir: str, source: str, out: str, step: int | None = None,
            overwrite: bool = False) -> dict:
+  hf_export.check_out_dir(out, overwrite)  # before the run is loaded
   exp, state, got = experiment.load_run(workdir, step)
   body, embed, vocab_size, tok = source_model(exp, state, source)
   eval_path = os.path.join(workdir, "eval.json")
@@ -84,10 +86,17 @@ def _owned_ids(exp, k: int) -> np.ndarray:
 def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_tokens=64,
                   temperature=0.8, top_k=0, top_p=1.0, seed=0) -> str:
   import sentencepiece as spm
+  generate.check_sampling(max_new_tokens, temperature, top_k, top_p)  # before the run is loaded
   exp, state, _ = experiment.load_run(workdir, step)
   body, embed, vocab_size, tok = source_model(exp, state, source)
   sp = spm.SentencePieceProcessor(model_file=_need_tokenizer(tok, workdir))
   ids = sp.encode(prompt) or [sp.eos_id()]
+  context = exp.config.seq_len
+  if len(ids) + max_new_tokens > context:
+    print(f"[dept_jax] warning: the prompt ({len(ids)} tokens) plus max_new_tokens "
+          f"({max_new_tokens}) run past the {context}-token context the model was trained on; "
+          "positions beyond it were never trained, so expect worse text there.",
+          file=sys.stderr, flush=True)
   to_global = None
   if exp.config.variant in ("trim", "spec"):
     # Sample from the softmax the source trained: its local table over its own ids.

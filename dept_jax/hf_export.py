@@ -498,10 +498,42 @@ def holds_model(out_dir: str) -> bool:
              for n in names)
 
 
+def _owned_names(out_dir: str) -> list[str]:
+  """Files in out_dir an export writes (and --overwrite replaces)."""
+  return sorted(n for n in os.listdir(out_dir)
+                if n in _OWNED_FILES or (n.startswith("model-") and n.endswith(".safetensors")))
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+  """Refuse, before any work, an output the export cannot write as asked: a file, a folder below a
+  file, or a folder holding files the export would replace (a model, or e.g. the user's own
+  README.md) unless overwrite."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ExportError(f"--out {out_dir} is a file, not a folder. Fix: pass a folder path (it is "
+                      "created if missing).")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ExportError(f"--out {out_dir} cannot be created: {parent} is a file. Fix: pass a folder "
+                      "path whose parents are folders.")
+  if overwrite or not os.path.isdir(out_dir):
+    return
+  if holds_model(out_dir):
+    raise FileExistsError(
+        f"{out_dir} already holds a model (config.json or safetensors weights); refusing to "
+        "overwrite it. Fix: pass --overwrite (overwrite=True) to replace it, or choose another "
+        "folder.")
+  mine = _owned_names(out_dir)
+  if mine:
+    raise FileExistsError(
+        f"{out_dir} already holds {', '.join(mine)}, which the export would overwrite. Fix: pass "
+        "--overwrite (overwrite=True) to replace them, or choose another folder.")
+
+
 def _clear_owned(out_dir: str) -> None:
-  for n in os.listdir(out_dir):
-    if n in _OWNED_FILES or (n.startswith("model-") and n.endswith(".safetensors")):
-      os.remove(os.path.join(out_dir, n))
+  for n in _owned_names(out_dir):
+    os.remove(os.path.join(out_dir, n))
 
 
 def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, model_cfg,
@@ -520,10 +552,7 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
   generation: extra generation_config.json fields (e.g. {'do_sample': True, 'top_p': 0.9}).
   Returns {'files': [...], 'config': config.json dict, 'num_params': int}.
   """
-  if holds_model(out_dir) and not overwrite:
-    raise FileExistsError(
-        f"{out_dir} already holds a model (config.json or safetensors weights); refusing to "
-        "overwrite it. Pass overwrite=True to replace it, or choose another folder.")
+  check_out_dir(out_dir, overwrite)
   if not os.path.isfile(tokenizer_path):
     raise ExportError(f"tokenizer model {tokenizer_path} does not exist")
   spm = read_spm_model(tokenizer_path)

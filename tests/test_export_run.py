@@ -164,3 +164,45 @@ def test_trim_export_keeps_to_the_sources_own_ids(run, tmp_path):
   text = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
   assert text.startswith("kalo")
   assert set(sp.encode(text[len("kalo"):])) <= owned | {sp.unk_id()}
+
+
+def test_export_keeps_a_users_files_and_names_a_bad_out_before_loading(run, tmp_path):
+  """Before: a README.md of the user's was silently replaced; a file as --out gave '[Errno 17]'."""
+  _, workdir = run
+  mine = tmp_path / "notes"
+  mine.mkdir()
+  (mine / "README.md").write_text("my notes")
+  with pytest.raises(FileExistsError, match=r"already holds README.md, which the export would "
+                     r"overwrite. Fix: pass --overwrite"):
+    export_run.export(workdir, "latin", str(mine))
+  assert (mine / "README.md").read_text() == "my notes" and os.listdir(mine) == ["README.md"]
+  a_file = tmp_path / "model.bin"
+  a_file.write_text("x")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  for args, words in (
+      (["--mode=export", "--source", "latin", "--out", str(a_file)],
+       f"--out {a_file} is a file, not a folder. Fix: pass a folder path"),
+      (["--mode=export", "--source", "latin", "--out", str(a_file / "sub")],
+       f"--out {a_file / 'sub'} cannot be created: {a_file} is a file"),
+      (["--mode=generate", "--source", "latin", "--top_p", "1.5"],
+       "top_p must be in (0, 1] (1 = off), got 1.5. Fix: pass --top_p a value in (0, 1]"),
+      (["--mode=generate", "--source", "latin", "--temperature", "-1"],
+       "temperature must be >= 0 (0 = greedy), got -1.0"),
+      (["--mode=generate", "--source", "latin", "--max_new_tokens", "-5"],
+       "max_new_tokens must be >= 0, got -5")):
+    # A workdir that does not exist: the flag is rejected before anything is loaded.
+    proc = subprocess.run([sys.executable, "-m", "dept_jax.main", *args, "--workdir",
+                           str(tmp_path / "no_run")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"dept_jax: error: {words}"), lines[0]
+
+
+def test_a_prompt_past_the_trained_context_warns(run, capsys):
+  _, workdir = run  # trained with seq_len 32
+  export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=4, seed=0)
+  assert "warning" not in capsys.readouterr().err
+  export_run.generate_text(workdir, "latin", "kalo mine " * 20, max_new_tokens=4, seed=0)
+  err = capsys.readouterr().err
+  assert "warning: the prompt (" in err and "max_new_tokens (4) run past the 32-token context" in err
