@@ -63,7 +63,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_ids(run, tmp_path
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
   tok = transformers.AutoTokenizer.from_pretrained(out)
   exp, state, _ = experiment.load_run(workdir)
-  body, embed, vocab, tok_path = export_run.source_model(exp, state, "cyrillic")
+  body, embed, vocab, tok_path, _ = export_run.source_model(exp, state, "cyrillic")
   sp = spm.SentencePieceProcessor(model_file=tok_path)
   text = "кало мине руто\nпобе дагожи"
   ids = sp.encode(text)
@@ -148,22 +148,57 @@ def test_spec_global_phase_gives_one_model_for_every_source(run, tmp_path):
   assert not np.array_equal(a[0]["final_norm"], p)
 
 
-def test_trim_export_keeps_to_the_sources_own_ids(run, tmp_path):
+def _text_the_source_owns(root, kind, sp, owned, n_lines=4):
+  """Lines of the source's own text whose global tokens it all trained on."""
+  lines = []
+  for name in sorted(os.listdir(os.path.join(root, kind))):
+    with open(os.path.join(root, kind, name), encoding="utf-8") as f:
+      lines += [l for l in f.read().split("\n") if l.strip() and set(sp.encode(l)) <= owned]
+  return "\n".join(lines[:n_lines])
+
+
+@pytest.mark.parametrize("variant", ["trim", "spec"])
+def test_trim_spec_export_holds_only_the_sources_own_vocabulary(run, tmp_path, variant):
+  """Before: the export put the source's table into the global vocabulary with zero rows for ids
+  it never trained on and relied on suppress_tokens, which vLLM and other servers ignore (tied
+  embeddings: those ids got logit 0 and could be sampled)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
   root, _ = run
-  workdir = str(tmp_path / "trim")
-  train.train(text_config(root, "trim", steps=10, local_steps=5), workdir)
+  workdir = str(tmp_path / variant)
+  train.train(text_config(root, variant, steps=10, local_steps=5), workdir)
   out = str(tmp_path / "hf")
   export_run.export(workdir, "latin", out)
   exp, state, _ = experiment.load_run(workdir)
-  owned = set(export_run._owned_ids(exp, exp.names.index("latin")).tolist())
-  with open(os.path.join(out, "generation_config.json")) as f:
-    suppressed = set(json.load(f)["suppress_tokens"])
-  assert suppressed and not suppressed & owned
-  assert suppressed | owned == set(range(exp.data.global_vocab_size))
+  m = export_run.source_model(exp, state, "latin")
+  owned = [int(g) for g in m.token_ids]
+  assert m.vocab_size == len(owned) < exp.data.global_vocab_size
   sp = spm.SentencePieceProcessor(model_file=exp.data.tokenizers["global"])
-  text = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
-  assert text.startswith("kalo")
-  assert set(sp.encode(text[len("kalo"):])) <= owned | {sp.unk_id()}
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["vocab_size"] == len(owned)
+  with open(os.path.join(out, "generation_config.json")) as f:
+    assert "suppress_tokens" not in json.load(f)
+  assert not os.path.exists(os.path.join(out, "tokenizer.model"))  # it would give global ids
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  # Every id a consumer can meet is a piece the source trained on, in its table's order.
+  assert hf.get_output_embeddings().weight.shape[0] == len(tok) == len(owned)
+  assert tok.convert_ids_to_tokens(list(range(len(owned)))) == [sp.id_to_piece(g) for g in owned]
+  # Parity: the source's own text gets the ids its table was trained with, and the same logits.
+  text = _text_the_source_owns(root, "latin", sp, set(owned))
+  local = {g: i for i, g in enumerate(owned)}
+  ids = [local[g] for g in sp.encode(text)]
+  assert len(ids) > 20 and tok(text, add_special_tokens=False)["input_ids"] == ids
+  ours = np.asarray(model.forward(m.body, m.embed, np.asarray([ids]), m.vocab_size,
+                                  exp.config.model))
+  with torch.no_grad():
+    theirs = hf(torch.tensor([ids])).logits.numpy()
+  assert theirs.shape == (1, len(ids), len(owned))
+  np.testing.assert_allclose(theirs, ours[..., :len(owned)], atol=1e-4)
+  assert tok.decode(ids) == text
+  generated = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
+  assert generated.startswith("kalo")
+  assert set(sp.encode(generated[len("kalo"):])) <= set(owned) | {sp.unk_id()}
 
 
 def test_export_keeps_a_users_files_and_names_a_bad_out_before_loading(run, tmp_path):
