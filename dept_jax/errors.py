@@ -15,6 +15,8 @@ from absl import logging as absl_logging
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _DISK_ERRNOS = _FULL + _NOT_WRITABLE + (errno.EIO,)
+# tensorstore names the file it failed to write, else the database folder it was writing.
+_TENSORSTORE_PATHS = (r'Failed writing: "([^"]+)"', r'local file "([^"]+)"')
 _RERUN = "then run the same command again (training resumes from its last complete checkpoint)"
 
 
@@ -34,9 +36,8 @@ def _os_error(e: BaseException):
       return x.errno, x.filename
     m = re.search(r"os_error_code='(\d+)'", str(x))
     if m and int(m.group(1)) in _DISK_ERRNOS:
-      paths = (re.search(p, str(x)) for p in (r'Failed writing: "([^"]+)"', r'local file "([^"]+)"'))
-      path = next((p.group(1) for p in paths if p), None)
-      return int(m.group(1)), path
+      found = (re.search(p, str(x)) for p in _TENSORSTORE_PATHS)
+      return int(m.group(1)), next((f.group(1) for f in found if f), None)
   return None
 
 

@@ -6,7 +6,8 @@ folder that `transformers` loads with no extra code:
 
 Torch-free: weights go through `safetensors.numpy`, the tokenizer is written as a `tokenizer.json`
 (built here from the sentencepiece model proto, without the `tokenizers` library) next to the
-original `tokenizer.model`.
+original `tokenizer.model`. A TRIM/SPEC source's export keeps only the pieces its table covers
+(`restrict_vocab`: tokenizer.json alone, ids = the table's rows).
 
 Tokenizer parity. transformers 5's `LlamaTokenizer` rebuilds a BPE tokenizer with Metaspace and no
 normalisation whatever the `.model` holds, which is wrong for a unigram model and for sentencepiece's

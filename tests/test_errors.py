@@ -46,7 +46,7 @@ def _file_size_limit(limit):
 
 def test_a_write_the_disk_refuses_during_a_run_ends_in_one_line(tmp_path):
   """Before: a full disk ended in 457 lines of orbax and tensorstore tracebacks. Here every file
-  is capped at 1 MB (EFBIG, the same family as ENOSPC), so the first checkpoint cannot be written."""
+  is capped at 1 MB (EFBIG, the same family as ENOSPC): the first checkpoint cannot be written."""
   workdir = str(tmp_path / "run")
   proc = cli("--config", "configs/tiny.py:spec", "--config.steps=4", "--config.local_steps=2",
              "--config.batch_size=4", "--config.seq_len=32", "--config.log.progress=False",

@@ -240,4 +240,5 @@ def test_a_prompt_past_the_trained_context_warns(run, capsys):
   assert "warning" not in capsys.readouterr().err
   export_run.generate_text(workdir, "latin", "kalo mine " * 20, max_new_tokens=4, seed=0)
   err = capsys.readouterr().err
-  assert "warning: the prompt (" in err and "max_new_tokens (4) run past the 32-token context" in err
+  assert "warning: the prompt (" in err
+  assert "max_new_tokens (4) run past the 32-token context" in err

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from dept_jax import config_lib, run_dir, train
+from dept_jax import run_dir, train
 from dept_jax.config_lib import ConfigError
 from dept_jax.run_dir import WorkdirError
+from test_checkpoint import nan_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
@@ -18,12 +19,8 @@ ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX
 
 
 def tiny(**kw):
-  c = config_lib.base_config()
-  c.steps, c.local_steps, c.batch_size, c.seq_len = 4, 2, 4, 16
-  c.model.update(d_model=32, n_layers=1, n_heads=4, d_ff=64)
-  c.data.update(num_sources=4, vocab_size=64)
-  c.log.update(every=2, progress=False)
-  c.checkpoint.async_save = False
+  c = nan_config("stop")  # a small synchronous-checkpoint run
+  c.steps, c.local_steps, c.log.every = 4, 2, 2
   c.update_from_flattened_dict(kw)
   return c
 
@@ -74,8 +71,8 @@ def test_resuming_with_another_variant_or_model_refuses_and_keeps_config_json(tm
   assert "Fix: pass a new --workdir for these settings, or restore them" in msg
   with open(path, "rb") as f:
     assert f.read() == before
-  with pytest.raises(ConfigError, match=r"holds a run trained with other settings \(data.vocab_size: "
-                     r"64 -> 96\)"):
+  with pytest.raises(ConfigError, match=r"holds a run trained with other settings "
+                     r"\(data.vocab_size: 64 -> 96\)"):
     train.train(tiny(**{"data.vocab_size": 96}), workdir)
 
 
