@@ -2,8 +2,6 @@
 a bad --config key or file (raised while absl parses flags) and a disk that refuses a write."""
 import errno
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -12,10 +10,21 @@ from dept_jax import errors
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args, preexec_fn=None):
+def cli(*args, file_size_limit=None):
+  """python -m dept_jax.main ARGS; with file_size_limit, every file it writes is capped (set in
+  the child before it execs, so no fork of this multithreaded process runs Python code)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "dept_jax.main", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
+  cmd = [sys.executable, "-m", "dept_jax.main", *args]
+  if file_size_limit:
+    cmd = [sys.executable, "-c", _CAPPED, str(file_size_limit), *cmd]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+# A write past RLIMIT_FSIZE fails with EFBIG (instead of killing the process by SIGXFSZ).
+_CAPPED = """import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)
+os.execv(sys.argv[2], sys.argv[2:])"""
 
 
 def test_unknown_config_key_and_missing_config_file_end_in_one_line(tmp_path):
@@ -37,13 +46,6 @@ def test_unknown_config_key_and_missing_config_file_end_in_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def _file_size_limit(limit):
-  def apply():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return apply
-
-
 def test_a_write_the_disk_refuses_during_a_run_ends_in_one_line(tmp_path):
   """Before: a full disk ended in 457 lines of orbax and tensorstore tracebacks. Here every file
   is capped at 1 MB (EFBIG, the same family as ENOSPC): the first checkpoint cannot be written."""
@@ -51,7 +53,7 @@ def test_a_write_the_disk_refuses_during_a_run_ends_in_one_line(tmp_path):
   proc = cli("--config", "configs/tiny.py:spec", "--config.steps=4", "--config.local_steps=2",
              "--config.batch_size=4", "--config.seq_len=32", "--config.log.progress=False",
              "--workdir", workdir,
-             preexec_fn=_file_size_limit(1 << 20))  # compiled programs (<300 KB) still fit
+             file_size_limit=1 << 20)  # compiled programs (<300 KB) still fit
   assert proc.returncode == 2, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith(f"dept_jax: error: cannot write {workdir}/checkpoints/2."), last

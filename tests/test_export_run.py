@@ -88,7 +88,7 @@ def test_export_errors(run, tmp_path):
     export_run.export(workdir, "latin", out)
   export_run.export(workdir, "latin", out, overwrite=True)
   with pytest.raises(FileNotFoundError, match="not a dept_jax run directory"):
-    export_run.export(str(tmp_path / "nothing"), "latin", out)
+    export_run.export(str(tmp_path / "nothing"), "latin", str(tmp_path / "z"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, "-m", "dept_jax.main", "--mode=export", "--workdir",
                          workdir, "--source", "latin", "--out", out], cwd=ROOT, env=env,
