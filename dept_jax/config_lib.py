@@ -5,6 +5,8 @@ batch_size (per source), seq_len, seed. Everything else is grouped by what it co
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 VARIANTS = ("std", "glob", "trim", "spec", "spec_opt")
@@ -157,8 +159,19 @@ def resolve_mesh_shape(config, n_devices: int, n_sources: int) -> dict:
   return shape
 
 
+def _float_leaves(tree, prefix=""):
+  for k, v in tree.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      yield from _float_leaves(v, f"{prefix}{k}.")
+    elif isinstance(v, float):
+      yield f"{prefix}{k}", v
+
+
 def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   """Check everything that can be checked without compiling. Returns the resolved mesh shape."""
+  for key, v in _float_leaves(config):
+    if not math.isfinite(v):
+      _fail(key, f"{v} is not a finite number", "set a finite value")
   if config.variant not in VARIANTS:
     _fail("variant", f"unknown variant '{config.variant}'", f"choose one of {VARIANTS}")
   for key in ("steps", "local_steps", "batch_size", "seq_len"):
@@ -205,8 +218,17 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
           f"choose one of {OUTER_OPTIMIZERS}")
   if o.weighting not in ("equal", "tokens"):
     _fail("outer.weighting", f"unknown weighting '{o.weighting}'", "choose equal or tokens")
-  if config.optim.warmup_steps < 0 or config.optim.lr <= 0:
-    _fail("optim.lr", "learning rate must be positive and warmup non-negative", "fix optim.*")
+  if not config.optim.lr > 0:
+    _fail("optim.lr", f"learning rate must be positive, got {config.optim.lr}",
+          "set a positive optim.lr (e.g. 3e-3)")
+  if config.optim.warmup_steps < 0:
+    _fail("optim.warmup_steps", f"must be >= 0, got {config.optim.warmup_steps}",
+          "set 0 (no warmup) or a positive number of steps")
+  for key, zero in (("checkpoint.every", "off"), ("checkpoint.keep", "keep all"),
+                    ("checkpoint.keep_every", "off"), ("eval.every", "off")):
+    group, name = key.split(".")
+    if int(config[group][name]) < 0:
+      _fail(key, f"must be >= 0, got {config[group][name]}", f"use 0 ({zero}) or a positive number")
   n_sources = n_sources if n_sources is not None else config.data.num_sources
   if n_sources <= 0:
     _fail("data", "no data sources configured", "add at least one source")

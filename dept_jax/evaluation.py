@@ -99,8 +99,20 @@ class Evaluator:
     self.history.append({"step": step, "global": after_outer, **out})
     return out
 
-  def finish(self, workdir: str):
+  def load_history(self, workdir: str, upto_step: int):
+    """A resumed run continues the history its earlier part wrote (evals up to the restored step;
+    later ones belong to steps the run is about to redo)."""
+    path = os.path.join(workdir, "eval.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        earlier = json.load(f).get("history", [])
+      self.history = [h for h in earlier if h.get("step", 0) <= upto_step] + self.history
+
+  def save(self, workdir: str):
+    """WORKDIR/eval.json: the latest evaluation and the whole history (written atomically)."""
     if not metrics_io.is_writer() or not self.history:
       return
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
+    path = os.path.join(workdir, "eval.json")
+    with open(path + ".tmp", "w") as f:
       json.dump({"final": self.history[-1], "history": self.history}, f, indent=2)
+    os.replace(path + ".tmp", path)

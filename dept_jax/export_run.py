@@ -1,19 +1,19 @@
 """From a trained run to one source's complete model: Hugging Face export and text generation.
 
-Which table a source's model uses follows the variant:
-  std, glob   the global table, global tokenizer
-  trim        the source's rows scattered back into the global table, global tokenizer
-  spec        the private table scattered into the global vocabulary (rows it never saw are zero)
+Which table and vocabulary a source's model has follows the variant:
+  std, glob   the global table, the global tokenizer
+  trim, spec  the source's own table (TRIM: its rows of the global table; SPEC: its private
+              table) and the global tokenizer restricted to the pieces that table covers, so the
+              ids it never trained on exist for no consumer (transformers, vLLM, ...: they read
+              only the weights and tokenizer.json)
   spec_opt    the private table and the source's own tokenizer
-
-TRIM and SPEC trained a softmax over the source's own ids only; the export lists every other id in
-generation_config's suppress_tokens so Hugging Face sampling keeps to them too, and dept_jax's own
-generation runs on the local table directly.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -22,8 +22,18 @@ from dept_jax import dept, experiment, generate, hf_export
 from dept_jax.config_lib import ConfigError
 
 
-def source_model(exp, state, name: str):
-  """(body, embed, vocab_size, tokenizer_path) of one source, as host numpy pytrees."""
+class SourceModel(NamedTuple):
+  """One source's complete model as host numpy pytrees. token_ids (TRIM/SPEC): the global id each
+  row of embed stands for (row i: the tokenizer's piece token_ids[i]); None: rows are the
+  tokenizer's ids."""
+  body: dict
+  embed: dict
+  vocab_size: int
+  tokenizer: str | None
+  token_ids: np.ndarray | None = None
+
+
+def source_model(exp, state, name: str) -> SourceModel:
   if name not in exp.names:
     raise ConfigError(f"--source: unknown source '{name}'. This run's sources: "
                       f"{', '.join(exp.names)}.")
@@ -33,16 +43,13 @@ def source_model(exp, state, name: str):
   body, embed = jax.tree.map(np.asarray, jax.device_get((body, embed)))
   toks = exp.data.tokenizers
   if variant == "spec_opt":
-    return body, embed, exp.vocab.sizes[k], toks.get(name)
-  G = exp.data.global_vocab_size
+    return SourceModel(body, embed, exp.vocab.sizes[k], toks.get(name))
   if variant in ("std", "glob"):
-    return body, jax.tree.map(lambda t: t[:G], embed), G, toks.get(name)
-  l2g = exp.data.local_to_global[k]
-  if variant == "trim":
-    base = jax.tree.map(np.asarray, jax.device_get(state["global"]["embed"]))
-  else:  # spec: no global table exists; rows this source never owned stay zero
-    base = jax.tree.map(lambda t: np.zeros((G,) + t.shape[1:], t.dtype), embed)
-  return body, hf_export.scatter_to_global(embed, l2g, base), G, toks.get(name)
+    G = exp.data.global_vocab_size
+    return SourceModel(body, jax.tree.map(lambda t: t[:G], embed), G, toks.get(name))
+  V = exp.vocab.sizes[k]  # trim, spec: the source's own rows
+  return SourceModel(body, jax.tree.map(lambda t: t[:V], embed), V, toks.get(name),
+                     _owned_ids(exp, k))
 
 
 def _need_tokenizer(path, workdir):
@@ -54,23 +61,20 @@ def _need_tokenizer(path, workdir):
 
 def export(workdir: str, source: str, out: str, step: int | None = None,
            overwrite: bool = False) -> dict:
+  hf_export.check_out_dir(out, overwrite)  # before the run is loaded
   exp, state, got = experiment.load_run(workdir, step)
-  body, embed, vocab_size, tok = source_model(exp, state, source)
+  m = source_model(exp, state, source)
   eval_path = os.path.join(workdir, "eval.json")
   evals = None
   if os.path.exists(eval_path):
     with open(eval_path) as f:
       final = json.load(f)["final"]
     evals = {k.split("/")[-1]: v for k, v in final.items() if k.startswith(f"eval/{source}/")}
-  generation = None
-  if exp.config.variant in ("trim", "spec"):
-    owned = set(_owned_ids(exp, exp.names.index(source)).tolist())
-    generation = {"suppress_tokens": [i for i in range(vocab_size) if i not in owned]}
   info = hf_export.export_source(
-      out, body, embed, vocab_size, exp.config.model, _need_tokenizer(tok, workdir),
+      out, m.body, m.embed, m.vocab_size, exp.config.model, _need_tokenizer(m.tokenizer, workdir),
       variant=exp.config.variant, source_name=source, sources=exp.names, eval_results=evals,
       overwrite=overwrite, max_position_embeddings=max(2048, exp.config.seq_len),
-      generation=generation)
+      token_ids=m.token_ids)
   print(f"[dept_jax] exported source '{source}' (step {got}, {info['num_params']:,} parameters) "
         f"to {out}", flush=True)
   return info
@@ -84,26 +88,28 @@ def _owned_ids(exp, k: int) -> np.ndarray:
 def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_tokens=64,
                   temperature=0.8, top_k=0, top_p=1.0, seed=0) -> str:
   from dept_jax.data import tokenizers
+  generate.check_sampling(max_new_tokens, temperature, top_k, top_p)  # before the run is loaded
   exp, state, _ = experiment.load_run(workdir, step)
-  body, embed, vocab_size, tok = source_model(exp, state, source)
-  sp = tokenizers.load(_need_tokenizer(tok, workdir))
+  m = source_model(exp, state, source)
+  sp = tokenizers.load(_need_tokenizer(m.tokenizer, workdir))
   ids = sp.encode([prompt])[0].tolist() or [sp.eos_id]
-  to_global = None
-  if exp.config.variant in ("trim", "spec"):
-    # Sample from the softmax the source trained: its local table over its own ids.
-    k = exp.names.index(source)
-    to_global = _owned_ids(exp, k)
-    local = {int(g): i for i, g in enumerate(to_global)}
-    unk = local[sp.unknown_id]
-    ids = [local.get(i, unk) for i in ids]
-    body, embed = jax.tree.map(np.asarray, jax.device_get(
-        dept.source_params(state, exp.config.variant, exp.vocab, k, None)))
-    vocab_size = exp.vocab.sizes[k]
-  eos = sp.eos_id if to_global is None else local[sp.eos_id]
-  new = generate.generate(body, embed, vocab_size, exp.config.model, ids,
+  context = exp.config.seq_len
+  if len(ids) + max_new_tokens > context:
+    print(f"[dept_jax] warning: the prompt ({len(ids)} tokens) plus max_new_tokens "
+          f"({max_new_tokens}) run past the {context}-token context the model was trained on; "
+          "positions beyond it were never trained, so expect worse text there.",
+          file=sys.stderr, flush=True)
+  eos = sp.eos_id
+  if m.token_ids is not None:
+    # TRIM/SPEC sample from the softmax the source trained: its table over its own ids; a piece
+    # it does not own reads as its <unk>, as in training.
+    local = {int(g): i for i, g in enumerate(m.token_ids)}
+    ids = [local.get(i, local[sp.unknown_id]) for i in ids]
+    eos = local[eos]
+  new = generate.generate(m.body, m.embed, m.vocab_size, exp.config.model, ids,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                           top_p=top_p, seed=seed, eos_id=eos)
   new = [t for t in new if t != eos]
-  if to_global is not None:
-    new = [int(to_global[t]) for t in new]
+  if m.token_ids is not None:
+    new = [int(m.token_ids[t]) for t in new]
   return prompt + sp.decode(new)

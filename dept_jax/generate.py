@@ -23,12 +23,14 @@ same tokens, cached or not.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from dept_jax import model
+from dept_jax.config_lib import ConfigError
 
 PROMPT_BUCKET = 16
 TOTAL_BUCKET = 64
@@ -141,6 +143,21 @@ def _generate(body, embed, prompt_Lp, n_prompt, max_new, key, temperature, top_k
   return _decode_loop(first, step, buf, key, n_prompt, max_new, eos_id, sample, max_len)
 
 
+def check_sampling(max_new_tokens, temperature, top_k, top_p):
+  """Sampling settings that cannot work fail here, in one line naming the flag (the command line
+  calls this before it loads anything)."""
+  def bad(flag, rule, got, fix):
+    raise ConfigError(f"{flag} must be {rule}, got {got}. Fix: pass --{flag} {fix}.")
+  if not max_new_tokens >= 0:
+    bad("max_new_tokens", ">= 0", max_new_tokens, "0 or more")
+  if not (math.isfinite(temperature) and temperature >= 0):
+    bad("temperature", ">= 0 (0 = greedy)", temperature, "0 (greedy) or a positive number")
+  if not top_k >= 0:
+    bad("top_k", ">= 0 (0 = off)", top_k, "0 (off) or a positive count")
+  if not 0.0 < top_p <= 1.0:
+    bad("top_p", "in (0, 1] (1 = off)", top_p, "a value in (0, 1]")
+
+
 def generate(body, embed, vocab_size: int, cfg, prompt_ids: Sequence[int], *,
              max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              seed: int = 0, eos_id: int | None = None, use_cache: bool = True) -> list[int]:
@@ -154,14 +171,7 @@ def generate(body, embed, vocab_size: int, cfg, prompt_ids: Sequence[int], *,
     raise ValueError("prompt_ids is empty: give at least one token (e.g. BOS)")
   if min(prompt) < 0 or max(prompt) >= vocab_size:
     raise ValueError(f"prompt ids must lie in [0, {vocab_size}); got {min(prompt)}..{max(prompt)}")
-  if max_new_tokens < 0:
-    raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-  if top_k < 0:
-    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+  check_sampling(max_new_tokens, temperature, top_k, top_p)
   if max_new_tokens == 0:
     return []
   P = len(prompt)

@@ -6,7 +6,8 @@ folder that `transformers` loads with no extra code:
 
 Torch-free: weights go through `safetensors.numpy`, the tokenizer is written as a `tokenizer.json`
 (built here from the sentencepiece model proto, without the `tokenizers` library) next to the
-original `tokenizer.model`.
+original `tokenizer.model`. A TRIM/SPEC source's export keeps only the pieces its table covers
+(`restrict_vocab`: tokenizer.json alone, ids = the table's rows).
 
 Tokenizer parity. transformers 5's `LlamaTokenizer` rebuilds a BPE tokenizer with Metaspace and no
 normalisation whatever the `.model` holds, which is wrong for a unigram model and for sentencepiece's
@@ -146,12 +147,35 @@ def read_spm_model(path_or_bytes) -> dict:
         elif n2 == 5:
           norm["escape_whitespaces"] = bool(v2)
 
-  def special(i):
-    return pieces[i] if 0 <= i < len(pieces) else None
+  return _with_specials({"pieces": pieces, "scores": scores, "types": types, "trainer": trainer,
+                         "normalizer": norm})
 
-  return {"pieces": pieces, "scores": scores, "types": types, "trainer": trainer,
-          "normalizer": norm, "unk": special(trainer["unk_id"]), "bos": special(trainer["bos_id"]),
-          "eos": special(trainer["eos_id"]), "pad": special(trainer["pad_id"])}
+
+def _with_specials(spm: dict) -> dict:
+  """spm plus the unk/bos/eos/pad pieces its trainer ids name (None where an id is unset)."""
+  pieces, trainer = spm["pieces"], spm["trainer"]
+  return dict(spm, **{k: pieces[trainer[f"{k}_id"]] if 0 <= trainer[f"{k}_id"] < len(pieces)
+                      else None for k in ("unk", "bos", "eos", "pad")})
+
+
+def restrict_vocab(spm: dict, token_ids) -> dict:
+  """The tokenizer limited to the pieces at token_ids, in that order (new id i = token_ids[i]):
+  what a TRIM/SPEC source's own table covers, so ids it never trained on do not exist for any
+  consumer. A unigram model segments by the best-scoring path through its pieces, so text whose
+  full-vocabulary segmentation uses only kept pieces gets the same pieces; other text is spelled
+  with the kept ones (byte fallback where the source owns the bytes, else <unk>)."""
+  ids = [int(i) for i in token_ids]
+  if spm["trainer"]["model_type"] != "unigram":
+    raise ExportError(f"restricting a {spm['trainer']['model_type']} tokenizer to a source's "
+                      "pieces would change how it merges; dept_jax trains unigram tokenizers")
+  new_id = {g: i for i, g in enumerate(ids)}
+  trainer = dict(spm["trainer"], **{f"{k}_id": new_id.get(spm["trainer"][f"{k}_id"], -1)
+                                    for k in ("unk", "bos", "eos", "pad")})
+  if trainer["unk_id"] < 0:
+    raise ExportError("the source's pieces must include <unk>: text it cannot spell maps to it")
+  return _with_specials({**spm, "trainer": trainer, "pieces": [spm["pieces"][g] for g in ids],
+                         "scores": [spm["scores"][g] for g in ids],
+                         "types": [spm["types"][g] for g in ids]})
 
 
 def _bpe_merges(pieces, scores, types) -> list[list[str]]:
@@ -394,12 +418,17 @@ def _write_json(path: str, obj) -> None:
     f.write("\n")
 
 
-def write_tokenizer(out_dir: str, tokenizer_path: str, *, add_bos: bool = False,
+def write_tokenizer(out_dir: str, tokenizer_path: str, *, token_ids=None, add_bos: bool = False,
                     add_eos: bool = False, model_max_length: int | None = None) -> dict:
   """tokenizer.model (copied), tokenizer.json, tokenizer_config.json, special_tokens_map.json.
-  Returns the parsed sentencepiece model (pieces, special ids)."""
+  With token_ids, the tokenizer restricted to those pieces (`restrict_vocab`) and no
+  tokenizer.model: sentencepiece cannot load a byte-fallback model that lacks some of the 256 byte
+  pieces, and the full one would give other ids. Returns the parsed (restricted) model."""
   spm = read_spm_model(tokenizer_path)
-  shutil.copyfile(tokenizer_path, os.path.join(out_dir, "tokenizer.model"))
+  if token_ids is None:
+    shutil.copyfile(tokenizer_path, os.path.join(out_dir, "tokenizer.model"))
+  else:
+    spm = restrict_vocab(spm, token_ids)
   _write_json(os.path.join(out_dir, "tokenizer.json"),
               spm_to_tokenizer_json(spm, add_bos=add_bos, add_eos=add_eos))
   specials = {f"{k}_token": spm[k] for k in ("bos", "eos", "unk", "pad") if spm[k] is not None}
@@ -428,7 +457,7 @@ def write_tokenizer(out_dir: str, tokenizer_path: str, *, add_bos: bool = False,
 
 def _model_card(*, variant: str, source_name: str, sources: Sequence[str], vocab_size: int,
                 n_params: int, model_cfg, eval_results: Mapping[str, Any] | None,
-                add_bos: bool) -> str:
+                add_bos: bool, restricted_from: int | None = None) -> str:
   kv = model_cfg.n_kv_heads if model_cfg.n_kv_heads > 0 else model_cfg.n_heads
   lines = [
       "---",
@@ -453,9 +482,13 @@ def _model_card(*, variant: str, source_name: str, sources: Sequence[str], vocab
       f"- Parameters: {n_params:,} (vocabulary {vocab_size:,}, width {model_cfg.d_model}, "
       f"{model_cfg.n_layers} layers, {model_cfg.n_heads} heads, {kv} key/value heads, "
       f"MLP {model_cfg.d_ff}, tied embeddings: {bool(model_cfg.tie_embeddings)})",
-      f"- Tokenizer: the sentencepiece model the source was trained with (`tokenizer.model`); "
-      f"`AutoTokenizer` gives the same ids as `sentencepiece` "
-      f"({'with' if add_bos else 'without'} a BOS token in front).",
+      (f"- Tokenizer: the sentencepiece model the source was trained with (`tokenizer.model`); "
+       f"`AutoTokenizer` gives the same ids as `sentencepiece` "
+       f"({'with' if add_bos else 'without'} a BOS token in front)." if restricted_from is None
+       else f"- Tokenizer: the run's {restricted_from:,}-piece global tokenizer restricted to the "
+       f"{vocab_size:,} pieces this source trained on (`tokenizer.json`; ids are this model's "
+       "rows, and no other id exists). Text the global tokenizer would spell with a piece this "
+       "source never trained on is spelled with its own pieces."),
       "",
       "## Evaluation",
       "",
@@ -498,10 +531,42 @@ def holds_model(out_dir: str) -> bool:
              for n in names)
 
 
+def _owned_names(out_dir: str) -> list[str]:
+  """Files in out_dir an export writes (and --overwrite replaces)."""
+  return sorted(n for n in os.listdir(out_dir)
+                if n in _OWNED_FILES or (n.startswith("model-") and n.endswith(".safetensors")))
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+  """Refuse, before any work, an output the export cannot write as asked: a file, a folder below a
+  file, or a folder holding files the export would replace (a model, or e.g. the user's own
+  README.md) unless overwrite."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ExportError(f"--out {out_dir} is a file, not a folder. Fix: pass a folder path (it is "
+                      "created if missing).")
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ExportError(f"--out {out_dir} cannot be created: {parent} is a file. Fix: pass a folder "
+                      "path whose parents are folders.")
+  if overwrite or not os.path.isdir(out_dir):
+    return
+  if holds_model(out_dir):
+    raise FileExistsError(
+        f"{out_dir} already holds a model (config.json or safetensors weights); refusing to "
+        "overwrite it. Fix: pass --overwrite (overwrite=True) to replace it, or choose another "
+        "folder.")
+  mine = _owned_names(out_dir)
+  if mine:
+    raise FileExistsError(
+        f"{out_dir} already holds {', '.join(mine)}, which the export would overwrite. Fix: pass "
+        "--overwrite (overwrite=True) to replace them, or choose another folder.")
+
+
 def _clear_owned(out_dir: str) -> None:
-  for n in os.listdir(out_dir):
-    if n in _OWNED_FILES or (n.startswith("model-") and n.endswith(".safetensors")):
-      os.remove(os.path.join(out_dir, n))
+  for n in _owned_names(out_dir):
+    os.remove(os.path.join(out_dir, n))
 
 
 def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, model_cfg,
@@ -510,27 +575,29 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
                   overwrite: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                   dtype: str = "float32", add_bos: bool = False,
                   max_position_embeddings: int = 2048,
-                  generation: Mapping[str, Any] | None = None) -> dict:
+                  generation: Mapping[str, Any] | None = None, token_ids=None) -> dict:
   """Write one source's model as a Hugging Face folder (LlamaForCausalLM + its tokenizer).
 
-  body, embed: dept_jax pytrees (embed in the ids of `tokenizer_path`; for TRIM scatter the local
-    table back first with `scatter_to_global`). Rows at or past `vocab_size` are dropped.
-  vocab_size: the real vocabulary size; must equal the tokenizer's piece count.
+  body, embed: dept_jax pytrees, embed in the ids of `tokenizer_path` (or, with token_ids, row i
+    standing for its piece token_ids[i]). Rows at or past `vocab_size` are dropped.
+  vocab_size: the real vocabulary size; must equal the tokenizer's (kept) piece count.
+  token_ids: TRIM/SPEC: the global ids a source's own table covers; the export then holds that
+    table and the tokenizer restricted to those pieces (`restrict_vocab`), so an id the source
+    never trained on exists for no consumer.
   add_bos: whether the tokenizer puts BOS in front (False: `sp.encode(text)` ids exactly).
   generation: extra generation_config.json fields (e.g. {'do_sample': True, 'top_p': 0.9}).
   Returns {'files': [...], 'config': config.json dict, 'num_params': int}.
   """
-  if holds_model(out_dir) and not overwrite:
-    raise FileExistsError(
-        f"{out_dir} already holds a model (config.json or safetensors weights); refusing to "
-        "overwrite it. Pass overwrite=True to replace it, or choose another folder.")
+  check_out_dir(out_dir, overwrite)
   if not os.path.isfile(tokenizer_path):
     raise ExportError(f"tokenizer model {tokenizer_path} does not exist")
-  spm = read_spm_model(tokenizer_path)
+  full = read_spm_model(tokenizer_path)
+  spm = full if token_ids is None else restrict_vocab(full, token_ids)
   if len(spm["pieces"]) != vocab_size:
     raise ExportError(f"vocab_size={vocab_size} but the tokenizer {tokenizer_path} has "
-                      f"{len(spm['pieces'])} pieces: export the source with the tokenizer its "
-                      "table was trained with (TRIM: scatter to the global table first)")
+                      f"{len(spm['pieces'])} pieces{'' if token_ids is None else ' kept'}: export "
+                      "the source with the tokenizer its table was trained with (TRIM/SPEC: the "
+                      "global ids of its rows as token_ids)")
   tensors = hf_state_dict(body, embed, vocab_size, model_cfg, dtype=dtype)
   os.makedirs(out_dir, exist_ok=True)
   if overwrite:
@@ -539,10 +606,10 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
   ids = {k: (tr[f"{k}_id"] if 0 <= tr[f"{k}_id"] < vocab_size else None)
          for k in ("bos", "eos", "pad")}
   files = save_safetensors(out_dir, tensors, max_shard_bytes)
-  write_tokenizer(out_dir, tokenizer_path, add_bos=add_bos,
+  write_tokenizer(out_dir, tokenizer_path, token_ids=token_ids, add_bos=add_bos,
                   model_max_length=max_position_embeddings)
-  files += ["tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json"]
+  files += (["tokenizer.model"] if token_ids is None else []) + [
+      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
   config = llama_config(model_cfg, vocab_size, bos_id=ids["bos"], eos_id=ids["eos"],
                         pad_id=ids["pad"], max_position_embeddings=max_position_embeddings,
                         dtype=dtype)
@@ -556,7 +623,8 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
     f.write(_model_card(variant=variant, source_name=source_name,
                         sources=list(sources) or [source_name], vocab_size=vocab_size,
                         n_params=n_params, model_cfg=model_cfg, eval_results=eval_results,
-                        add_bos=add_bos))
+                        add_bos=add_bos,
+                        restricted_from=None if token_ids is None else len(full["pieces"])))
   files += ["config.json", "generation_config.json", "README.md"]
   return {"files": files, "config": config, "num_params": n_params}
 

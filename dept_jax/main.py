@@ -6,11 +6,13 @@
   python -m dept_jax.main --mode=compile --config configs/pile_125m.py
   python -m dept_jax.main --mode=study --config configs/study_tiny.py --workdir runs/study_tiny
 """
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dept_jax import errors
 from dept_jax.config_lib import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "An ml_collections config file (configs/*.py).",
@@ -34,25 +36,49 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a mu
 FLAGS = flags.FLAGS
 
 
+def _fail(line: str):
+  print(f"dept_jax: error: {line}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's parser; a bad --config file or key (raised while parsing, before main) gets one line."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.keys()  # a config file that failed to load raises only when first read
+    return rest
+  except Exception as e:
+    _fail(errors.flag_error_line(e, argv))
+
+
 def main(argv):
   # Heavy modules (JAX, orbax) load here, not at import: data preparation's worker processes
   # import this module (multiprocessing's spawn re-imports __main__) and need none of them.
   from dept_jax import modes
   from dept_jax.checkpoint import CheckpointError
   from dept_jax.hf_export import ExportError
+  from dept_jax.run_dir import WorkdirError
   from dept_jax.train import NonFiniteLossError
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    errors.quiet_abandoned_saves()
   try:
     modes.run(FLAGS.mode, FLAGS)
   except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError,
-          ExportError) as e:
+          ExportError, WorkdirError) as e:
     # Expected failures get their message, not a traceback; the message names the fix.
-    print(f"dept_jax: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    _fail(str(e))
+  except Exception as e:
+    line = errors.disk_error_line(e, FLAGS.out or FLAGS.workdir or os.getcwd())
+    if line is None:
+      raise
+    print(f"dept_jax: error: {line}", file=sys.stderr, flush=True)
+    # orbax's writer threads may still hold the failed save: end without their shutdown noise.
+    os._exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -122,7 +122,12 @@ def evaluate_run(workdir: str, step: int | None) -> dict:
   results = ev.run(state, exp.slot_sources(0), after_outer=True)
   out = {"step": got, **results}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump({"final": out, "history": [out]}, f, indent=2)
+    path = os.path.join(workdir, "eval.json")
+    history = [out]
+    if os.path.exists(path):  # keep the training run's history; this evaluation becomes "final"
+      with open(path) as f:
+        history = json.load(f).get("history") or history
+    with open(path, "w") as f:
+      json.dump({"final": out, "history": history}, f, indent=2)
   print(json.dumps(out, indent=2))
   return out

@@ -6,14 +6,13 @@ Order of events per step: (round start) -> local step -> NaN check -> log -> (ou
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
 import jax
 import numpy as np
 
-from dept_jax import dept, evaluation, experiment, hlo_comm, metrics_io
+from dept_jax import config_lib, dept, evaluation, experiment, hlo_comm, metrics_io, run_dir
 from dept_jax.checkpoint import Checkpointer
 
 
@@ -92,23 +91,30 @@ def host_get(tree):
 
 
 def train(config, workdir: str) -> dict:
+  """Train (or resume) the run in workdir. One writer at a time: the workdir is locked, and a
+  workdir that holds checkpoints only resumes with the settings it was trained with (run_dir)."""
+  config_lib.validate(config, jax.device_count())  # a bad key fails before the workdir is touched
+  with run_dir.exclusive(workdir):
+    run_dir.bind_config(config, workdir)
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   t_start = time.perf_counter()
   exp = experiment.setup(config, workdir)
   setup_s = time.perf_counter() - t_start
   c, prog = exp.config, exp.program
   std = c.variant == "std"
   N = c.local_steps
-  if metrics_io.is_writer():
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json_best_effort(indent=2))
 
   # ---------------------------------------------------------------- state: resume or init
   ckpt = Checkpointer(workdir, c.checkpoint)
   acc = _Accumulator(exp.names)
+  evaluator = evaluation.Evaluator(exp)
   if ckpt.latest_step() is not None:
-    step, state, dstate, _ = ckpt.restore(prog.abstract_state)
+    step, state, dstate, _ = ckpt.restore(prog.abstract_state, set_aside_damaged=True)
     set_data_state(exp, dstate, acc)
+    evaluator.load_history(workdir, step)
     print(f"[dept_jax] resumed from step {step} ({ckpt.directory})", flush=True)
   else:
     state = prog.init(jax.random.key(c.seed))
@@ -119,7 +125,6 @@ def train(config, workdir: str) -> dict:
   writer = metrics_io.MetricsWriter(workdir, c.steps, step, tensorboard=c.log.tensorboard,
                                     progress=c.log.progress, config=c)
   outer_compiled, outer_bytes = None, 0
-  evaluator = evaluation.Evaluator(exp)
   timer = metrics_io.StepTimer()
   tokens_per_step = c.batch_size * c.seq_len * (exp.num_sources if std else prog.slots)
   summary = {}
@@ -173,6 +178,7 @@ def train(config, workdir: str) -> dict:
         writer.write(step, log)
         if any(k.startswith("eval/") for k in log):
           writer.console(_eval_line(step, log, exp.names))
+          evaluator.save(workdir)  # every eval: the history survives a crash
         summary = log
 
       stop = preempt.agreed()
@@ -189,7 +195,7 @@ def train(config, workdir: str) -> dict:
         return summary
   ckpt.close()
   writer.close()
-  evaluator.finish(workdir)
+  evaluator.save(workdir)
   return summary
 
 

@@ -268,3 +268,133 @@ def test_nan_skip_counts_and_continues(planted_nan, tmp_path):
   summary = train.train(nan_config("skip"), workdir)
   assert summary["skipped_updates"] == 1
   assert all(np.isfinite(v) for k, v in summary.items() if k.startswith("train/"))
+
+
+# ----------------------------------------------------------------------------- issue 12
+
+
+def newest_step_dir(workdir):
+  ckpt = Checkpointer(workdir, config_lib.base_config().checkpoint)
+  step = ckpt.latest_step()
+  return step, os.path.join(ckpt.directory, str(step))
+
+
+def test_fallback_sets_the_damaged_step_aside_and_the_run_finishes(reference, tmp_path):
+  """Before: 'fell back to step 35', trained to 40 and died with orbax StepAlreadyExistsError."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  victim = corrupt_one_file(os.path.join(workdir, "checkpoints", "40"))
+  code, out = finish(launch(workdir, extra=["--config.checkpoint.fallback=True"]))
+  assert code == 0, out
+  assert "moved the damaged step 40 to" in out and "resumed from step 35" in out, out
+  damaged = os.path.join(workdir, "checkpoints", "damaged", "40")
+  assert os.path.exists(os.path.join(damaged, os.path.relpath(
+      victim, os.path.join(workdir, "checkpoints", "40"))))  # set aside whole, never deleted
+  assert os.path.exists(damaged + ".json")  # its manifest went with it
+  # The run redid steps 36..40 from the good step 35: the same numbers as the uninterrupted run.
+  assert metrics(workdir) == metrics(reference)
+  step_a, a = final_params(workdir)
+  _, b = final_params(reference)
+  assert step_a == 40
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def small_state(workdir, **ckpt):
+  """A real (tiny) program state and a Checkpointer writing synchronously into workdir."""
+  c = nan_config("stop")
+  c.checkpoint.update(ckpt)
+  exp = experiment.setup(c, workdir)
+  return exp, exp.program.init(jax.random.key(0)), Checkpointer(workdir, c.checkpoint)
+
+
+def test_each_save_is_sealed_in_the_background_without_a_next_save(tmp_path):
+  """Before: a step's manifest was written at the start of the next save, so the newest step
+  never had one."""
+  workdir = str(tmp_path / "run")
+  exp, state, ckpt = small_state(workdir, async_save=True)
+  ckpt.save(3, state, {"streams": []}, {})
+  manifest = os.path.join(ckpt.manifest_dir, "3.json")
+  t0 = time.time()
+  while not os.path.exists(manifest) and time.time() - t0 < 60:
+    time.sleep(0.05)
+  assert os.path.exists(manifest)
+  ckpt.close()
+  assert ckpt.verify(3)
+
+
+def test_sigkill_then_flipped_bytes_in_the_newest_step_are_detected(tmp_path):
+  """Before: the newest step had no checksum until the next save began, so after a SIGKILL its
+  flipped bytes restored silently. Here step 40 is the newest for 40 steps: kill in that stretch."""
+  workdir = str(tmp_path / "run")
+  proc = launch(workdir, extra=["--config.steps=80", "--config.local_steps=40",
+                                "--config.checkpoint.every=0"])
+  wait_for_step(proc, workdir, 45)
+  manifest = os.path.join(workdir, "checkpoints", "manifests", "40.json")
+  t0 = time.time()
+  while not os.path.exists(manifest) and proc.poll() is None and time.time() - t0 < 60:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  step, step_dir = newest_step_dir(workdir)
+  assert step == 40 and os.path.exists(manifest)
+  victim = corrupt_one_file(step_dir)
+  exp = experiment.setup(json_config(workdir), workdir)
+  with pytest.raises(CheckpointError, match=f"checkpoint at step 40 is damaged: {victim} does "
+                     "not match its checksum"):
+    Checkpointer(workdir, exp.config.checkpoint).restore(exp.program.abstract_state)
+
+
+def test_a_step_without_a_manifest_is_checked_for_what_can_be_and_says_so(tmp_path, capsys):
+  """A kill between orbax's commit and the end of hashing leaves the newest step unsealed."""
+  workdir = str(tmp_path / "run")
+  exp, state, ckpt = small_state(workdir)
+  ckpt.save(4, state, {"streams": []}, {})
+  ckpt.close()
+  os.remove(os.path.join(ckpt.manifest_dir, "4.json"))
+  got, _, _, _ = ckpt.restore(exp.program.abstract_state)
+  assert got == 4
+  assert ("step 4 has no checksum manifest (the run stopped before it was sealed): checked only "
+          "that it reads and that every number is finite") in capsys.readouterr().out
+
+
+def test_a_non_finite_restored_state_is_a_damaged_checkpoint_not_a_learning_rate(tmp_path):
+  """Before: NaN moments restored silently and the run stopped with 'Fix: lower optim.lr'."""
+  workdir = str(tmp_path / "run")
+  exp, state, ckpt = small_state(workdir)
+  slots = dict(state["slots"], opt=jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32
+                                                else x, state["slots"]["opt"]))
+  ckpt.save(4, dict(state, slots=slots), {"streams": [s.get_state() for s in exp.streams]},
+            train.run_meta(exp))
+  ckpt.close()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(nan_config("stop").to_json())
+  with pytest.raises(CheckpointError) as e:
+    train.train(nan_config("stop"), workdir)
+  msg = str(e.value)
+  assert "step 4 is damaged" in msg and "hold NaN or inf" in msg and "['slots']['opt']" in msg
+  assert "optim.lr" not in msg and "checkpoint.fallback=True" in msg
+
+
+def test_a_save_that_cannot_fit_on_the_disk_fails_before_writing(tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  _, state, ckpt = small_state(workdir)
+  free = shutil.disk_usage(workdir)._replace(free=1000)
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+  with pytest.raises(CheckpointError, match=r"no space for the checkpoint at step 2 in .*: it "
+                     r"needs about \d+ MB and 0 MB are free\. Fix: free space"):
+    ckpt.save(2, state, {"streams": []}, {})
+  assert ckpt.all_steps() == []
+
+
+def test_eval_history_covers_the_whole_run_after_a_resume(tmp_path):
+  """Before: eval.json's history held only the evaluations of the resumed part."""
+  workdir = str(tmp_path / "run")
+  c = nan_config("stop")
+  c.steps = 8
+  train.train(c, workdir)
+  c.steps = 12  # extending a run is a setting a resume may change
+  train.train(c, workdir)
+  with open(os.path.join(workdir, "eval.json")) as f:
+    saved = json.load(f)
+  assert [h["step"] for h in saved["history"]] == [4, 8, 12]
+  assert saved["final"]["step"] == 12

@@ -30,6 +30,13 @@ def cfg(**kw):
     ({"model.remat": "some"}, "config.model.remat", "unknown remat policy"),
     ({"outer.sources_per_round": 9}, "config.outer.sources_per_round", "not in 0..4"),
     ({"log.every": 0}, "config.log.every", "must be positive"),
+    ({"checkpoint.every": -3}, "config.checkpoint.every", "must be >= 0, got -3"),
+    ({"checkpoint.keep": -1}, "config.checkpoint.keep", "must be >= 0, got -1"),
+    ({"eval.every": -2}, "config.eval.every", "must be >= 0, got -2"),
+    ({"optim.lr": float("nan")}, "config.optim.lr", "nan is not a finite number"),
+    ({"optim.lr": 0.0}, "config.optim.lr", "learning rate must be positive, got 0.0"),
+    ({"outer.lr": float("inf")}, "config.outer.lr", "inf is not a finite number"),
+    ({"optim.warmup_steps": -1}, "config.optim.warmup_steps", "must be >= 0"),
 ])
 def test_bad_config_names_the_key(overrides, key, words):
   with pytest.raises(ConfigError) as e:

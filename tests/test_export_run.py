@@ -63,7 +63,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_ids(run, tmp_path
   hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
   tok = transformers.AutoTokenizer.from_pretrained(out)
   exp, state, _ = experiment.load_run(workdir)
-  body, embed, vocab, tok_path = export_run.source_model(exp, state, "cyrillic")
+  body, embed, vocab, tok_path, _ = export_run.source_model(exp, state, "cyrillic")
   sp = spm.SentencePieceProcessor(model_file=tok_path)
   text = "кало мине руто\nпобе дагожи"
   ids = sp.encode(text)
@@ -88,7 +88,7 @@ def test_export_errors(run, tmp_path):
     export_run.export(workdir, "latin", out)
   export_run.export(workdir, "latin", out, overwrite=True)
   with pytest.raises(FileNotFoundError, match="not a dept_jax run directory"):
-    export_run.export(str(tmp_path / "nothing"), "latin", out)
+    export_run.export(str(tmp_path / "nothing"), "latin", str(tmp_path / "z"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, "-m", "dept_jax.main", "--mode=export", "--workdir",
                          workdir, "--source", "latin", "--out", out], cwd=ROOT, env=env,
@@ -148,22 +148,100 @@ def test_spec_global_phase_gives_one_model_for_every_source(run, tmp_path):
   assert not np.array_equal(a[0]["final_norm"], p)
 
 
-def test_trim_export_keeps_to_the_sources_own_ids(run, tmp_path):
+def _text_the_source_owns(root, kind, sp, owned, n_lines=4):
+  """Lines of the source's own text whose global tokens it all trained on."""
+  lines = []
+  for name in sorted(os.listdir(os.path.join(root, kind))):
+    with open(os.path.join(root, kind, name), encoding="utf-8") as f:
+      lines += [l for l in f.read().split("\n") if l.strip() and set(sp.encode(l)) <= owned]
+  return "\n".join(lines[:n_lines])
+
+
+@pytest.mark.parametrize("variant", ["trim", "spec"])
+def test_trim_spec_export_holds_only_the_sources_own_vocabulary(run, tmp_path, variant):
+  """Before: the export put the source's table into the global vocabulary with zero rows for ids
+  it never trained on and relied on suppress_tokens, which vLLM and other servers ignore (tied
+  embeddings: those ids got logit 0 and could be sampled)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
   root, _ = run
-  workdir = str(tmp_path / "trim")
-  train.train(text_config(root, "trim", steps=10, local_steps=5), workdir)
+  workdir = str(tmp_path / variant)
+  train.train(text_config(root, variant, steps=10, local_steps=5), workdir)
   out = str(tmp_path / "hf")
   export_run.export(workdir, "latin", out)
   exp, state, _ = experiment.load_run(workdir)
-  owned = set(export_run._owned_ids(exp, exp.names.index("latin")).tolist())
-  with open(os.path.join(out, "generation_config.json")) as f:
-    suppressed = set(json.load(f)["suppress_tokens"])
-  assert suppressed and not suppressed & owned
-  assert suppressed | owned == set(range(exp.data.global_vocab_size))
+  m = export_run.source_model(exp, state, "latin")
+  owned = [int(g) for g in m.token_ids]
+  assert m.vocab_size == len(owned) < exp.data.global_vocab_size
   sp = spm.SentencePieceProcessor(model_file=exp.data.tokenizers["latin"])
-  text = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
-  assert text.startswith("kalo")
-  assert set(sp.encode(text[len("kalo"):])) <= owned | {sp.unk_id()}
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["vocab_size"] == len(owned)
+  with open(os.path.join(out, "generation_config.json")) as f:
+    assert "suppress_tokens" not in json.load(f)
+  assert not os.path.exists(os.path.join(out, "tokenizer.model"))  # it would give global ids
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  # Every id a consumer can meet is a piece the source trained on, in its table's order.
+  assert hf.get_output_embeddings().weight.shape[0] == len(tok) == len(owned)
+  assert tok.convert_ids_to_tokens(list(range(len(owned)))) == [sp.id_to_piece(g) for g in owned]
+  # Parity: the source's own text gets the ids its table was trained with, and the same logits.
+  text = _text_the_source_owns(root, "latin", sp, set(owned))
+  local = {g: i for i, g in enumerate(owned)}
+  ids = [local[g] for g in sp.encode(text)]
+  assert len(ids) > 20 and tok(text, add_special_tokens=False)["input_ids"] == ids
+  ours = np.asarray(model.forward(m.body, m.embed, np.asarray([ids]), m.vocab_size,
+                                  exp.config.model))
+  with torch.no_grad():
+    theirs = hf(torch.tensor([ids])).logits.numpy()
+  assert theirs.shape == (1, len(ids), len(owned))
+  np.testing.assert_allclose(theirs, ours[..., :len(owned)], atol=1e-4)
+  assert tok.decode(ids) == text
+  generated = export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=16, seed=0)
+  assert generated.startswith("kalo")
+  assert set(sp.encode(generated[len("kalo"):])) <= set(owned) | {sp.unk_id()}
+
+
+def test_export_keeps_a_users_files_and_names_a_bad_out_before_loading(run, tmp_path):
+  """Before: a README.md of the user's was silently replaced; a file as --out gave '[Errno 17]'."""
+  _, workdir = run
+  mine = tmp_path / "notes"
+  mine.mkdir()
+  (mine / "README.md").write_text("my notes")
+  with pytest.raises(FileExistsError, match=r"already holds README.md, which the export would "
+                     r"overwrite. Fix: pass --overwrite"):
+    export_run.export(workdir, "latin", str(mine))
+  assert (mine / "README.md").read_text() == "my notes" and os.listdir(mine) == ["README.md"]
+  a_file = tmp_path / "model.bin"
+  a_file.write_text("x")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  for args, words in (
+      (["--mode=export", "--source", "latin", "--out", str(a_file)],
+       f"--out {a_file} is a file, not a folder. Fix: pass a folder path"),
+      (["--mode=export", "--source", "latin", "--out", str(a_file / "sub")],
+       f"--out {a_file / 'sub'} cannot be created: {a_file} is a file"),
+      (["--mode=generate", "--source", "latin", "--top_p", "1.5"],
+       "top_p must be in (0, 1] (1 = off), got 1.5. Fix: pass --top_p a value in (0, 1]"),
+      (["--mode=generate", "--source", "latin", "--temperature", "-1"],
+       "temperature must be >= 0 (0 = greedy), got -1.0"),
+      (["--mode=generate", "--source", "latin", "--max_new_tokens", "-5"],
+       "max_new_tokens must be >= 0, got -5")):
+    # A workdir that does not exist: the flag is rejected before anything is loaded.
+    proc = subprocess.run([sys.executable, "-m", "dept_jax.main", *args, "--workdir",
+                           str(tmp_path / "no_run")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"dept_jax: error: {words}"), lines[0]
+
+
+def test_a_prompt_past_the_trained_context_warns(run, capsys):
+  _, workdir = run  # trained with seq_len 32
+  export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=4, seed=0)
+  assert "warning" not in capsys.readouterr().err
+  export_run.generate_text(workdir, "latin", "kalo mine " * 20, max_new_tokens=4, seed=0)
+  err = capsys.readouterr().err
+  assert "warning: the prompt (" in err
+  assert "max_new_tokens (4) run past the 32-token context" in err
 
 
 def test_spec_export_does_not_change_when_the_data_changes_afterwards(run, tmp_path):
