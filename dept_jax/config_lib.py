@@ -232,6 +232,9 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   n_sources = n_sources if n_sources is not None else config.data.num_sources
   if n_sources <= 0:
     _fail("data", "no data sources configured", "add at least one source")
+  if config.data.kind == "text":
+    from dept_jax.data.text import check_config  # local import: keep config loading light
+    check_config(config.data)
   if o.sources_per_round < 0 or o.sources_per_round > n_sources:
     _fail("outer.sources_per_round", f"{o.sources_per_round} is not in 0..{n_sources}",
           f"use 0 (all) or at most the {n_sources} sources")

@@ -591,6 +591,13 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
   check_out_dir(out_dir, overwrite)
   if not os.path.isfile(tokenizer_path):
     raise ExportError(f"tokenizer model {tokenizer_path} does not exist")
+  if tokenizer_path.endswith(".json"):
+    return _export_with_tokenizer_json(
+        out_dir, body, embed, vocab_size, model_cfg, tokenizer_path, variant=variant,
+        source_name=source_name, sources=sources, eval_results=eval_results,
+        overwrite=overwrite, max_shard_bytes=max_shard_bytes, dtype=dtype,
+        max_position_embeddings=max_position_embeddings, generation=generation,
+        token_ids=token_ids)
   full = read_spm_model(tokenizer_path)
   spm = full if token_ids is None else restrict_vocab(full, token_ids)
   if len(spm["pieces"]) != vocab_size:
@@ -629,34 +636,48 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
   return {"files": files, "config": config, "num_params": n_params}
 
 
-def scatter_to_global(local_embed: PyTree, local_to_global, global_embed: PyTree) -> PyTree:
-  """TRIM/SPEC: put a source's table (rows in its local ids) back into the global vocabulary.
-
-  local_to_global: [rows] global id of each local id, -1 for padding rows (dropped).
-  global_embed: the global table(s) of the same tree; rows the source does not own keep these
-    values (TRIM: the averaged global table; for SPEC pass e.g. zeros).
-  Returns numpy arrays shaped like `global_embed`, so the source exports with the global tokenizer.
-  """
-  l2g = np.asarray(local_to_global).astype(np.int64)
-  if l2g.ndim != 1:
-    raise ExportError(f"local_to_global must be one source's map [rows], got shape {l2g.shape}")
-
-  def one(local, glob):
-    local, glob = _to_numpy(local), _to_numpy(glob).copy()
-    if local.shape[0] < l2g.shape[0] and np.any(l2g[local.shape[0]:] >= 0):
-      raise ExportError(f"local table has {local.shape[0]} rows but local_to_global maps "
-                        f"{int((l2g >= 0).sum())} ids")
-    valid = np.nonzero(l2g >= 0)[0]
-    g = l2g[valid]
-    if g.size and (g.max() >= glob.shape[0]):
-      raise ExportError(f"local_to_global holds id {int(g.max())} outside the global table "
-                        f"({glob.shape[0]} rows)")
-    if len(np.unique(g)) != len(g):
-      raise ExportError("local_to_global repeats a global id")
-    glob[g] = local[valid]
-    return glob
-
-  if set(local_embed) != set(global_embed):
-    raise ExportError(f"local embedding has {sorted(local_embed)} but the global one has "
-                      f"{sorted(global_embed)}")
-  return {k: one(local_embed[k], global_embed[k]) for k in local_embed}
+def _export_with_tokenizer_json(out_dir, body, embed, vocab_size, model_cfg, tokenizer_path, *,
+                                variant, source_name, sources, eval_results, overwrite,
+                                max_shard_bytes, dtype, max_position_embeddings, generation,
+                                token_ids) -> dict:
+  """A run whose tokenizer is a Hugging Face tokenizer.json (e.g. GPT-NeoX's): the file goes in
+  as it is, with a tokenizer_config.json naming its end-of-document token."""
+  from dept_jax.data import tokenizers
+  if token_ids is not None:
+    raise ExportError(
+        f"{variant} exports a source's own vocabulary, and restricting the tokenizer.json "
+        f"{tokenizer_path} to that source's pieces is not supported (a BPE model's merges would "
+        "reach pieces it does not own). Fix: train TRIM/SPEC runs you want to export with a "
+        "sentencepiece tokenizer (data.tokenizer=*.model, or none to train one), or export a "
+        "glob/std/spec_opt run.")
+  tok = tokenizers.load(tokenizer_path)
+  if tok.vocab_size != vocab_size:
+    raise ExportError(f"vocab_size={vocab_size} but the tokenizer {tokenizer_path} has "
+                      f"{tok.vocab_size} ids: export the source with the tokenizer its table was "
+                      "trained with")
+  tensors = hf_state_dict(body, embed, vocab_size, model_cfg, dtype=dtype)
+  os.makedirs(out_dir, exist_ok=True)
+  if overwrite:
+    _clear_owned(out_dir)
+  files = save_safetensors(out_dir, tensors, max_shard_bytes)
+  shutil.copyfile(tokenizer_path, os.path.join(out_dir, "tokenizer.json"))
+  specials = {"eos_token": tok.eos_token}
+  _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+      "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
+      "add_eos_token": False, "clean_up_tokenization_spaces": False,
+      "model_max_length": int(max_position_embeddings), **specials})
+  _write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+  config = llama_config(model_cfg, vocab_size, bos_id=None, eos_id=tok.eos_id, pad_id=None,
+                        max_position_embeddings=max_position_embeddings, dtype=dtype)
+  _write_json(os.path.join(out_dir, "config.json"), config)
+  gen = {"eos_token_id": tok.eos_id, "pad_token_id": tok.eos_id, **dict(generation or {})}
+  _write_json(os.path.join(out_dir, "generation_config.json"), gen)
+  n_params = sum(int(v.size) for v in tensors.values())
+  with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+    f.write(_model_card(variant=variant, source_name=source_name,
+                        sources=list(sources) or [source_name], vocab_size=vocab_size,
+                        n_params=n_params, model_cfg=model_cfg, eval_results=eval_results,
+                        add_bos=False, restricted_from=None))
+  files += ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
+            "generation_config.json", "README.md"]
+  return {"files": files, "config": config, "num_params": n_params}

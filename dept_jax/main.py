@@ -57,6 +57,7 @@ def main(argv):
   # import this module (multiprocessing's spawn re-imports __main__) and need none of them.
   from dept_jax import modes
   from dept_jax.checkpoint import CheckpointError
+  from dept_jax.data.cache import PreparationStopped
   from dept_jax.hf_export import ExportError
   from dept_jax.run_dir import WorkdirError
   from dept_jax.train import NonFiniteLossError
@@ -67,6 +68,10 @@ def main(argv):
     errors.quiet_abandoned_saves()
   try:
     modes.run(FLAGS.mode, FLAGS)
+  except PreparationStopped as e:
+    print(f"[dept_jax] {e}: stopped while tokenizing the data; the shards finished so far are "
+          "kept. Run the same command again to go on.", flush=True)
+    sys.exit(0)
   except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, FileExistsError,
           ExportError, WorkdirError) as e:
     # Expected failures get their message, not a traceback; the message names the fix.

@@ -79,8 +79,9 @@ def prepare_data(config, workdir: str | None) -> dict:
   srcs = text.prepare(config, workdir, verify=True)
   for src in srcs.values():
     print(f"[dept_jax] {cache.describe(src)}", flush=True)
+  dirs = sorted({src.cache.dir for src in srcs.values()})
   print(f"[dept_jax] token cache ready in {time.perf_counter() - start:.1f} s: "
-        f"{next(iter(srcs.values())).cache.dir if srcs else ''}", flush=True)
+        f"{', '.join(dirs)}", flush=True)
   return srcs
 
 

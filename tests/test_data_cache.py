@@ -1,6 +1,7 @@
 """The token cache: deterministic, resumable after a kill, checksummed, keyed by inputs and
 tokenizer, validation held out by content with cross-split copies dropped, a full disk survived."""
 import errno
+import signal
 import glob
 import hashlib
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from dept_jax.config_lib import base_config
-from dept_jax.data import cache, documents, text
+from dept_jax.data import cache, documents, text, tokenizers
 from dept_jax.data.base import DataError
 from test_data_fixtures import make_docs, write_tree
 
@@ -65,7 +66,7 @@ def test_preparation_is_deterministic_whatever_the_workers(tree, reference, tmp_
 def test_a_killed_preparation_resumes_without_using_half_written_shards(tree, reference,
                                                                          tmp_path):
   """SIGKILL lands between renaming a unit's token file into place and writing its manifest
-  (os.replace call 8: the tokenizer, two whole units, then the third's tokens); a planted
+  (os.replace call 9: the tokenizer and its checksum, two whole units, then the third's tokens); a planted
   half-written .tmp shard is never read; the rerun finishes with the same bytes."""
   _, ref, _ = reference
   driver = textwrap.dedent(f"""
@@ -77,7 +78,7 @@ def test_a_killed_preparation_resumes_without_using_half_written_shards(tree, re
       def replace(a, b):
         real(a, b)
         calls[0] += 1
-        if calls[0] == 8:
+        if calls[0] == 9:
           os.kill(os.getpid(), signal.SIGKILL)
       cache.os.replace = replace
       text.prepare(_config({tree!r}, {str(tmp_path)!r}))
@@ -120,14 +121,14 @@ def test_changed_input_is_prepared_again_and_nothing_else(tree, tmp_path):
   text.prepare(c)
   plans = text._plan(c.data, text._specs(c.data))
   toks = text._tokenizers(c, plans, None)
-  tc = cache.TokenCache(str(tmp_path / "c"), toks["latin"])
+  tc = cache.TokenCache(str(tmp_path / "c"), toks["latin"], c.data.val_fraction)
   jobs = lambda: [(u, tc) for u in text._plan(c.data, text._specs(c.data))["latin"]]  # noqa: E731
-  assert cache.prepare_units(jobs(), str(tmp_path / "c"), 0.05, 1) == []
+  assert cache.prepare_units(jobs(), str(tmp_path / "c"), 1) == []
   with open(os.path.join(mine, "latin", "doc03.txt"), "a") as f:
     f.write("one more line\n")
-  done = cache.prepare_units(jobs(), str(tmp_path / "c"), 0.05, 1)
+  done = cache.prepare_units(jobs(), str(tmp_path / "c"), 1)
   assert len(done) == 1  # the one unit that holds the changed file
-  assert os.path.join(mine, "latin", "doc03.txt") in [p.path for p in done[0].parts]
+  assert os.path.join(mine, "latin", "doc03.txt") in [p.path for p in done[0][0].parts]
 
 
 def test_another_tokenizer_gets_its_own_cache(tree, reference, tmp_path):
@@ -208,10 +209,10 @@ def test_cache_written_by_another_tokenizer_is_refused(tree, reference, tmp_path
   os.makedirs(tmp_path, exist_ok=True)
   saved = open(m).read()
   try:
-    data["tokenizer"] = "0" * 32
+    data["cache"] = "0" * 32
     json.dump(data, open(m, "w"))
-    with pytest.raises(DataError, match=r"source 'code': cache shard .* was written by tokenizer "
-                       r"0+, not this run's .* Fix: delete"):
+    with pytest.raises(DataError, match=r"source 'code': cache shard .* was written for cache 0+ "
+                       r"\(another tokenizer or val_fraction\), not this run's .* Fix: delete"):
       src.cache.manifest(unit)
   finally:
     open(m, "w").write(saved)
@@ -222,3 +223,78 @@ def test_units_split_documents_the_same_way_for_every_tokenizer(tree):
   a = documents.plan("code", spec, 20_000)
   b = documents.plan("code", spec, 20_000)
   assert [u.key() for u in a] == [u.key() for u in b]
+
+
+def test_another_val_fraction_gets_its_own_cache_and_split(tree, reference, tmp_path):
+  ref_dir, _, ref_srcs = reference
+  srcs = text.prepare(_config(tree, ref_dir, val_fraction=0.3))
+  assert srcs["latin"].cache.dir != ref_srcs["latin"].cache.dir
+  assert srcs["latin"].index["val_docs"] > ref_srcs["latin"].index["val_docs"]
+
+
+def test_only_a_sources_first_unit_must_hold_one_out(tmp_path):
+  """Units of one document each: the first holds it out if none falls under val_fraction, the
+  others keep theirs in training (no silent loss of training text)."""
+  (tmp_path / "s").mkdir()
+  docs = [f"document {i} " + "word " * 120 for i in range(8)]  # ~610 bytes each
+  for i, d in enumerate(docs):
+    (tmp_path / "s" / f"d{i}.txt").write_text(d)
+  lines = "".join(make_docs("latin", 20, 400)).split("\n")
+  tok = tokenizers.train_sentencepiece(lines, str(tmp_path / "t.model"), 300, "test")
+  c = base_config()
+  c.variant = "spec_opt"
+  text.add_text_data(c, {"s": text.source(str(tmp_path / "s"), tokenizer=tok)})
+  c.data.update(cache_dir=str(tmp_path / "c"), unit_mb=0.0005, workers=1, val_fraction=0.01)
+  src = text.prepare(c)["s"]
+  assert len(src.units) == 8
+  held = sum(cache.val_score(d.encode()) < 0.01 for d in docs)
+  assert src.index["val_docs"] == max(held, 1) and src.index["train_docs"] == 8 - max(held, 1)
+
+
+def test_damaged_index_is_rebuilt_and_a_damaged_shard_named(tree, tmp_path):
+  c = _config(tree, tmp_path)
+  src = text.prepare(c)["code"]
+  index = glob.glob(os.path.join(src.cache.dir, "sources", "*.json"))
+  for path in index:
+    open(path, "w").write('{"trunc')
+  again = text.prepare(c)["code"]
+  assert again.index == src.index  # derived data: built again
+  npz = src.cache.paths(src.units[0].key())["npz"]
+  size = os.path.getsize(npz)
+  open(npz, "wb").write(b"\0" * size)  # same size: passes the cheap check, fails to load
+  for path in glob.glob(os.path.join(src.cache.dir, "sources", "*")):
+    os.remove(path)
+  with pytest.raises(DataError, match=r"source 'code': cache shard .*\.npz .* is damaged .* Fix: "
+                     r"run --mode=prepare"):
+    text.prepare(c)
+  text.prepare(c, verify=True)  # the checksum finds it and makes it again
+
+
+def test_sigterm_while_preparing_stops_in_one_line_and_leaves_no_worker(tmp_path):
+  big = write_tree(str(tmp_path / "big"), n_docs=40, words=4000)
+  cmd = [sys.executable, "-m", "dept_jax.main", "--mode=prepare", "--config",
+         f"configs/folders.py:{big}", "--config.variant=trim", "--config.data.vocab_size=400",
+         "--config.data.unit_mb=0.01", "--config.data.workers=2",
+         f"--config.data.cache_dir={tmp_path / 'c'}"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True)
+  units = os.path.join(tmp_path, "c", "tokens", "*", "units", "*.json")
+  for _ in range(1200):
+    if glob.glob(units) or proc.poll() is not None:
+      break
+    import time
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM: stopped while tokenizing the data; the shards finished so far are kept" in out
+  assert "Traceback" not in out
+  import time
+  for _ in range(100):  # no worker (nor multiprocessing's tracker) outlives the run for long
+    try:
+      os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+      break
+    time.sleep(0.1)
+  with pytest.raises(ProcessLookupError):
+    os.killpg(proc.pid, 0)

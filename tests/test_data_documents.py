@@ -139,3 +139,63 @@ def test_keys_ignore_the_source_name():
   assert a.key() == b.key() and len(a.key()) == 32
   assert documents.Unit("a", "text", (part,), max_doc_bytes=10).key() != a.key()
   np.testing.assert_equal(documents.file_format("x.JSONL", "auto"), "jsonl")
+
+
+def test_json_lines_longer_than_a_megabyte_are_never_cut(tmp_path):
+  docs = [("word " * 300_000).strip() + f" {i}" for i in range(4)]  # 1.5 MB lines
+  path = tmp_path / "books.jsonl"
+  path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+  units = documents.plan("b", {"path": str(path)}, unit_bytes=1 << 20)
+  assert len(units) > 1
+  got = [d for u in units for d in documents.read_unit(u, documents.ReadStats())]
+  assert "".join(got) == "".join(docs)  # every line whole (then cut into bounded pieces)
+
+
+def test_a_folders_files_are_whole_documents_with_their_blank_lines(tmp_path):
+  """Only a lone file or one of a unit's size is split at blank lines: a folder of source code
+  keeps its formatting, and small files next to big ones stay in training."""
+  (tmp_path / "s").mkdir()
+  big = "def f():\n    return 1\n\n\n" * 3000  # 72 KB with blank lines
+  for i in range(6):
+    (tmp_path / "s" / f"f{i}.py").write_text(big if i % 2 else f"small {i}\n\nfile\n")
+  units = documents.plan("s", {"path": str(tmp_path / "s")})
+  assert len(units) == 1 and all(p.split == "file" for p in units[0].parts)
+  got = list(documents.read_unit(units[0], documents.ReadStats()))
+  assert got[0] == "small 0\n\nfile\n" and "".join(got[1:3]) == big
+  assert units[0].holds_out_one
+
+
+def test_json_files_are_text_gzip_is_read_and_a_byte_order_mark_dropped(tmp_path):
+  import gzip
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "package.json").write_text('{"name": "x",\n "version": "1"}\n')
+  (tmp_path / "d" / "notes.txt.gz").write_bytes(gzip.compress("zipped text\n".encode()))
+  (tmp_path / "d" / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "after a bom"}\n')
+  got, _ = _docs("d", {"path": str(tmp_path / "d")})
+  assert sorted(got) == sorted(['{"name": "x",\n "version": "1"}\n', "zipped text\n",
+                                "after a bom"])
+
+
+def test_a_folder_name_with_glob_characters_is_taken_as_it_is(tmp_path):
+  (tmp_path / "notes [v2]").mkdir()
+  (tmp_path / "notes [v2]" / "a.txt").write_text("text")
+  assert _docs("n", {"path": str(tmp_path / "notes [v2]")})[0] == ["text"]
+
+
+def test_empty_folders_pipes_and_values_that_are_not_text(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match=r"source 'e': the folder .*empty' holds no files\. Fix"):
+    documents.plan("e", {"path": str(tmp_path / "empty")})
+  (tmp_path / "p").mkdir()
+  os.mkfifo(tmp_path / "p" / "pipe")
+  (tmp_path / "p" / "a.txt").write_text("text")
+  assert _docs("p", {"path": str(tmp_path / "p")})[0] == ["text"]  # the pipe is never opened
+  (tmp_path / "n.jsonl").write_text('{"text": null}\n{"text": "kept"}\n{"text": 12}\n')
+  with pytest.raises(DataError, match=r"n.jsonl line 3: field 'text' holds a int, not text\. "
+                     r"Fix: set config.data.sources.j.field"):
+    _docs("j", {"path": str(tmp_path / "n.jsonl")})
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "ints.parquet")
+  with pytest.raises(DataError, match=r"column 'text' holds int64, not text\. Fix"):
+    _docs("q", {"path": str(tmp_path / "ints.parquet")})

@@ -228,8 +228,9 @@ def test_resuming_on_changed_data_refuses(tree, cache_dir, tmp_path):
   build_data(c, wd)
   build_data(c, wd)  # unchanged: fine
   _add_a_file(mine)
-  with pytest.raises(DataError, match=r"source\(s\) latin changed since the run in .* started "
-                     r".* Fix: restore the files, or train on the new data in a new workdir"):
+  with pytest.raises(DataError, match=r"source 'latin' changed since the run in .* started: 1 "
+                     r"input\(s\) differ, e.g. .*latin.* Fix: restore the files, or train on the "
+                     r"new data in a new workdir"):
     build_data(c, wd)
 
 
@@ -271,3 +272,66 @@ def test_global_tokenizer_with_spec_opt_is_refused(tree, cache_dir, tmp_path):
               tokenizer="/x.model")
   with pytest.raises(DataError, match="spec_opt has none"):
     build_data(c, str(tmp_path))
+
+
+def test_a_one_line_source_gives_a_sample_of_about_its_share(tmp_path):
+  line = " ".join(make_docs("latin", 60, 400)).replace("\n", " ")  # ~150 KB, one line
+  (tmp_path / "one.txt").write_text(line)
+  units = documents.plan("o", {"path": str(tmp_path / "one.txt")})
+  lines = text._sample(units, 20_000)
+  n = sum(len(ln.encode()) for ln in lines)
+  assert 10_000 < n <= 21_000 + tokenizers.MAX_LINE_BYTES and all(ln.strip() for ln in lines)
+
+
+def test_moved_or_touched_data_resumes_and_the_run_keeps_its_tokenizers(tree, cache_dir,
+                                                                       tmp_path):
+  import shutil
+  c, wd, mine = _own_copy(tree, cache_dir, tmp_path, "trim")
+  build_data(c, wd)
+  moved = str(tmp_path / "moved")
+  shutil.move(mine, moved)
+  os.utime(os.path.join(moved, "latin", "doc01.txt"), ns=(1, 1))
+  c.data.sources.code.path = os.path.join(moved, "code")
+  c.data.sources.latin.path = os.path.join(moved, "latin")
+  build_data(c, wd)  # same documents: the run goes on
+  c.data.vocab_size = 420
+  with pytest.raises(DataError, match=r"tokenizers/global.model has 400 pieces but "
+                     r"config.data.vocab_size=420: this workdir was started with other settings"):
+    build_data(c, wd)
+  c.data.vocab_size = 400
+  other = "".join(make_docs("greek", 20, 800)).split("\n")  # same size, other pieces
+  tokenizers.train_sentencepiece(other, os.path.join(wd, "tokenizers", "global.model"), 400, "t")
+  with pytest.raises(DataError, match=r"source 'code': its tokenizer is not the one the run .* "
+                     r"Fix: restore that file"):
+    build_data(c, wd)
+  os.remove(os.path.join(wd, "tokenizers", "global.model"))
+  with pytest.raises(DataError, match=r"the run's tokenizer .*global.model is missing"):
+    build_data(c, wd, training=False)
+
+
+def test_damaged_run_record_and_cached_tokenizer(tree, tmp_path):
+  named = {k: text.source(os.path.join(tree, k)) for k in ("code", "latin")}
+  c = _config(named, tmp_path / "cache", variant="spec")
+  wd = str(tmp_path / "wd")
+  build_data(c, wd)
+  cached = [p for p in os.listdir(tmp_path / "cache" / "tokenizers") if p.endswith(".model")]
+  path = str(tmp_path / "cache" / "tokenizers" / cached[0])
+  good = open(path, "rb").read()
+  open(path, "wb").write(good[:-10] + b"x" * 10)
+  build_data(c, str(tmp_path / "wd2"))  # the damaged cached tokenizer is trained again
+  assert open(path, "rb").read() == good
+  open(os.path.join(wd, "data", "record.json"), "w").write('{"trunc')
+  with pytest.raises(DataError, match=r"the run's data record .*record.json is damaged .* Fix: "
+                     r"restore it"):
+    build_data(c, wd, training=False)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("val_fraction", 1.5, "1.5 is not in \\(0, 1\\)"), ("unit_mb", 0.0, "0.0 is not positive"),
+    ("workers", -1, "-1 is negative"), ("min_count", 0, "0 is below 1")])
+def test_bad_data_settings_fail_before_anything_is_read(key, value, words, tree):
+  from dept_jax import config_lib
+  c = _config({"latin": text.source(os.path.join(tree, "latin"))}, "/nonexistent")
+  c.data[key] = value
+  with pytest.raises(DataError, match=rf"config.data.{key}: {words}\. Fix"):
+    config_lib.validate(c, 8)

@@ -174,3 +174,22 @@ def test_host_box_of_a_real_mesh():
   devs = np.asarray(jax.devices()[:8]).reshape(2, 4)
   sh = NamedSharding(Mesh(devs, ("source", "data")), P("source", "data", None))
   assert feed.host_box(sh, (2, 8, 16)) == (slice(0, 2), slice(0, 8), slice(0, 16))
+
+
+def test_a_damaged_or_vanished_shard_stops_with_the_fix(tmp_path):
+  from dept_jax.data.base import DataError
+  shards = _shards(tmp_path, [np.arange(3, 200) % 90])
+  src = windows.TokenWindows(shards, 8, "s", vocab_size=90)
+  raw = bytearray(open(shards[0][0], "rb").read())
+  raw[20:22] = (60000).to_bytes(2, "little")  # an id past the vocabulary
+  open(shards[0][0], "wb").write(bytes(raw))
+  with pytest.raises(DataError, match=r"source 's': the token cache shard .*s0.tokens is damaged "
+                     r"or gone \(token id 60000 is past the vocabulary \(90\)\)\. Fix: run "
+                     r"--mode=prepare"):
+    src[1]
+  open(shards[0][0], "wb").write(bytes(raw[:40]))
+  with pytest.raises(DataError, match=r"\(\d+ of 9 tokens read\)"):
+    src[5]
+  os.remove(shards[0][0])
+  with pytest.raises(DataError, match=r"damaged or gone \(No such file"):
+    src[5]

@@ -265,3 +265,44 @@ def test_spec_export_does_not_change_when_the_data_changes_afterwards(run, tmp_p
   shutil.rmtree(data)  # the data folder is needed only for training
   assert export_run.generate_text(workdir, "latin", "kalo", max_new_tokens=4).startswith("kalo")
   assert modes.evaluate_run(workdir, None)["step"] == 10
+
+
+def test_a_run_on_a_hugging_face_tokenizer_json_exports_and_loads(run, tmp_path):
+  """GLOB on a byte-level BPE tokenizer.json: the export carries the file, transformers loads it
+  with the same ids and the same logits. TRIM on one refuses in one line (its own vocabulary cannot
+  be cut out of a BPE tokenizer.json)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from dept_jax.data import tokenizers
+  from test_data_fixtures import make_docs, write_hf_tokenizer
+  root, _ = run
+  hf = write_hf_tokenizer(str(tmp_path / "tokenizer.json"),
+                          [t for k in ("code", "cyrillic", "latin") for t in make_docs(k, 8, 800)],
+                          vocab_size=400)
+  workdir = str(tmp_path / "glob")
+  c = text_config(root, "glob", steps=10, local_steps=5)
+  c.data.tokenizer = hf
+  train.train(c, workdir)
+  out = str(tmp_path / "hf")
+  export_run.export(workdir, "latin", out)
+  exp, state, _ = experiment.load_run(workdir)
+  m = export_run.source_model(exp, state, "latin")
+  ours_tok = tokenizers.load(os.path.join(workdir, "tokenizers", "global.json"))
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  model_hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+  text = make_docs("latin", 1, 60, seed=5)[0]
+  ids = ours_tok.encode([text])[0].tolist()
+  assert tok(text, add_special_tokens=False)["input_ids"] == ids and tok.eos_token_id == 0
+  ours = np.asarray(model.forward(m.body, m.embed, np.asarray([ids]), m.vocab_size,
+                                  exp.config.model))
+  with torch.no_grad():
+    theirs = model_hf(torch.tensor([ids])).logits.numpy()
+  np.testing.assert_allclose(theirs, ours[..., :m.vocab_size], atol=1e-4)
+  trim = str(tmp_path / "trim")
+  c = text_config(root, "trim", steps=5, local_steps=5)
+  c.data.tokenizer = hf
+  train.train(c, trim)
+  with pytest.raises(export_run.hf_export.ExportError, match=r"trim exports a source's own "
+                     r"vocabulary, and restricting the tokenizer.json .* Fix: train TRIM/SPEC "
+                     r"runs you want to export with a sentencepiece tokenizer"):
+    export_run.export(trim, "latin", str(tmp_path / "hf_trim"))

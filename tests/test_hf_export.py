@@ -168,25 +168,6 @@ def test_sharded_index(tmp_path, spm_models):
     assert n <= 16_384 or len(load_file(os.path.join(out, s))) == 1
 
 
-def test_scatter_to_global():
-  G, D = 10, 3
-  glob_embed = {"table": np.arange(G * D, dtype=np.float32).reshape(G, D)}
-  local = {"table": -np.arange(1, 5 * D + 1, dtype=np.float32).reshape(5, D)}
-  l2g = np.array([7, 2, 9, -1, -1])  # 3 real local ids, 2 padding rows
-  out = hf_export.scatter_to_global(local, l2g, glob_embed)["table"]
-  np.testing.assert_array_equal(out[[7, 2, 9]], local["table"][:3])
-  keep = [i for i in range(G) if i not in (7, 2, 9)]
-  np.testing.assert_array_equal(out[keep], glob_embed["table"][keep])
-  assert glob_embed["table"][7, 0] == 21.0  # the input is not modified
-  with pytest.raises(hf_export.ExportError, match="repeats a global id"):
-    hf_export.scatter_to_global(local, np.array([1, 1, -1, -1, -1]), glob_embed)
-  with pytest.raises(hf_export.ExportError, match="outside the global table"):
-    hf_export.scatter_to_global(local, np.array([10, -1, -1, -1, -1]), glob_embed)
-
-
-# ----------------------------------------------------------------------------- with transformers
-
-
 def _hf():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")

@@ -1,7 +1,7 @@
 """The token cache: every source tokenized once, into flat token shards that any later run, variant,
 seq_len and host memory-maps instead of reading text again.
 
-Layout under CACHE/tokens/<tokenizer fingerprint>/:
+Layout under CACHE/tokens/<id>/, one folder per (tokenizer file, its EOS id, val_fraction):
   units/<unit key>.tokens   the unit's training documents, each followed by EOS, as one flat
                             uint16 (vocabulary <= 65,536) or uint32 array
   units/<unit key>.npz      held-out documents (tokens, byte ends, content hashes), the training
@@ -15,20 +15,26 @@ Why flat token files rather than ArrayRecord records: a training window is a sli
 documents, and any seq_len reuses the same cache (bench/RESULTS.md has the numbers).
 
 Held-out documents are chosen by a hash of their content (the same for every tokenizer), so copies
-always fall on the same side; at least one per unit is held out (its lowest-hash document when
-none falls under val_fraction). A held-out document whose whitespace- and case-normalised text also
-occurs in training is dropped and counted. Preparation is deterministic: the same inputs and
-tokenizer give the same bytes, whatever the number of workers or hosts.
+always fall on the same side; a source holds out at least one (its first unit's lowest-hash
+document when none falls under val_fraction). A held-out document whose whitespace- and
+case-normalised text also occurs in training is dropped and counted. Each unit records a hash of
+its documents, so a run can tell moved or touched files from changed ones. Preparation is
+deterministic: the same inputs and tokenizer give the same bytes, whatever the number of workers
+or hosts.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import hashlib
 import json
 import multiprocessing
 import os
-import time
+import signal
+import threading
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -69,11 +75,14 @@ def token_dtype(vocab_size: int):
 
 
 class TokenCache:
-  """The cache directory of one tokenizer."""
+  """The cache folder of one tokenizer (its file and EOS id) and one held-out fraction: everything
+  that changes what a shard holds besides the unit's own inputs."""
 
-  def __init__(self, root: str, tok: tokenizers.Tokenizer):
-    self.tok = tok
-    self.dir = os.path.join(cache_root(root), "tokens", tok.fingerprint)
+  def __init__(self, root: str, tok: tokenizers.Tokenizer, val_fraction: float):
+    self.tok, self.val_fraction = tok, float(val_fraction)
+    ident = json.dumps([CACHE_VERSION, tok.fingerprint, tok.eos_id, self.val_fraction])
+    self.id = hashlib.sha256(ident.encode()).hexdigest()[:32]
+    self.dir = os.path.join(cache_root(root), "tokens", self.id)
     self.units_dir = os.path.join(self.dir, "units")
 
   def paths(self, key: str) -> dict:
@@ -88,10 +97,10 @@ class TokenCache:
         m = json.load(f)
     except (OSError, ValueError):
       return None
-    if m.get("tokenizer") != self.tok.fingerprint:
-      raise DataError(f"source '{unit.source}': cache shard {p['manifest']} was written by "
-                      f"tokenizer {m.get('tokenizer')}, not this run's {self.tok.fingerprint}. "
-                      f"Fix: delete {self.dir} (or run --mode=prepare) so it is rebuilt.")
+    if m.get("cache") != self.id:
+      raise DataError(f"source '{unit.source}': cache shard {p['manifest']} was written for "
+                      f"cache {m.get('cache')} (another tokenizer or val_fraction), not this "
+                      f"run's {self.id}. Fix: delete {self.dir} so it is rebuilt.")
     if check_size:
       for kind in ("tokens", "npz"):
         if not os.path.exists(p[kind]) or os.path.getsize(p[kind]) != m[f"{kind}_bytes"]:
@@ -113,8 +122,7 @@ class TokenCache:
 # ----------------------------------------------------------------------------- one unit
 
 
-def prepare_unit(unit: documents.Unit, cache: TokenCache, val_fraction: float,
-                 threads: int = 1) -> dict:
+def prepare_unit(unit: documents.Unit, cache: TokenCache, threads: int = 1) -> dict:
   """Tokenize one unit into its shard files; returns the manifest. Writes *.tmp files and renames
   them only when complete, the manifest last."""
   os.makedirs(cache.units_dir, exist_ok=True)
@@ -122,7 +130,7 @@ def prepare_unit(unit: documents.Unit, cache: TokenCache, val_fraction: float,
   suffix = f".tmp{os.getpid()}"
   tmp = {k: v + suffix for k, v in p.items()}
   try:
-    m = _write_unit(unit, tok, tmp, val_fraction, threads)
+    m = _write_unit(unit, cache, tmp, threads)
     for kind in ("tokens", "npz"):
       os.replace(tmp[kind], p[kind])
     with open(tmp["manifest"], "w") as f:
@@ -141,8 +149,10 @@ def prepare_unit(unit: documents.Unit, cache: TokenCache, val_fraction: float,
         os.remove(path)
 
 
-def _write_unit(unit, tok, tmp, val_fraction, threads) -> dict:
+def _write_unit(unit, cache, tmp, threads) -> dict:
+  tok, val_fraction = cache.tok, cache.val_fraction
   stats = documents.ReadStats()
+  content = hashlib.sha256()  # of the documents themselves: equal for moved or touched files
   dtype = token_dtype(tok.vocab_size)
   eos = np.asarray([tok.eos_id], np.int32)
   counts = np.zeros((tok.vocab_size,), np.int64)
@@ -179,7 +189,9 @@ def _write_unit(unit, tok, tmp, val_fraction, threads) -> dict:
         flush()
 
     for text in documents.read_unit(unit, stats):
-      doc = (val_score(text.encode("utf-8")), normalized_hash(text), text)
+      raw = text.encode("utf-8")
+      content.update(len(raw).to_bytes(8, "little") + raw)
+      doc = (val_score(raw), normalized_hash(text), text)
       if doc[0] < val_fraction:
         val.append(doc)
         continue
@@ -188,9 +200,9 @@ def _write_unit(unit, tok, tmp, val_fraction, threads) -> dict:
       if doc is not None:
         add_train(doc)
     if held is not None:
-      if val:
+      if val or not unit.holds_out_one:
         add_train(held)
-      else:
+      else:  # the source's first unit holds out at least one document
         val.append(held)
     flush()
 
@@ -208,7 +220,7 @@ def _write_unit(unit, tok, tmp, val_fraction, threads) -> dict:
         train_hash=np.asarray(train["hashes"], np.uint64), counts=counts)
   npz_path = tmp["npz"]
   return {"version": CACHE_VERSION, "unit": unit.key(), "where": unit.where,
-          "tokenizer": tok.fingerprint, "dtype": np.dtype(dtype).name,
+          "cache": cache.id, "content_sha256": content.hexdigest(), "dtype": np.dtype(dtype).name,
           "tokens": train["tokens"], "train_docs": train["docs"], "train_bytes": train["bytes"],
           "val_docs": len(val), "val_bytes": int(sum(len(d[2].encode("utf-8")) for d in val)),
           "replaced_bytes": stats.replaced, "skipped_files": stats.skipped_files,
@@ -223,7 +235,40 @@ def _concat(arrays, dtype):
 # ----------------------------------------------------------------------------- many units
 
 
+class PreparationStopped(Exception):
+  """SIGTERM or SIGINT arrived while preparing; the units finished so far are kept."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+  """SIGTERM/SIGINT raise PreparationStopped in the main thread, so the workers can be stopped
+  and the message is one line, not a traceback."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def stop(signum, frame):
+    raise PreparationStopped(signal.Signals(signum).name)
+  old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+
+
 _WORKER_TOKENIZERS: dict = {}
+
+
+def _init_worker():
+  """A worker dies with the process that started it (Linux), so a killed preparation leaves no
+  orphans behind."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers itself
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
 
 
 def _job(args):
@@ -232,13 +277,13 @@ def _job(args):
   key = (tok_path, eos_token)
   if key not in _WORKER_TOKENIZERS:
     _WORKER_TOKENIZERS[key] = tokenizers.load(tok_path, eos_token)
-  return prepare_unit(unit, TokenCache(root, _WORKER_TOKENIZERS[key]), val_fraction)
+  return prepare_unit(unit, TokenCache(root, _WORKER_TOKENIZERS[key], val_fraction))
 
 
-def prepare_units(jobs, root: str, val_fraction: float, workers: int,
-                  verify: bool = False) -> list:
+def prepare_units(jobs, root: str, workers: int, verify: bool = False) -> list:
   """Prepare the units of jobs [(unit, TokenCache)] that are missing (and, with verify, those
-  whose checksums fail), in one pool of `workers` processes. Returns the units prepared."""
+  whose checksums fail), in one pool of `workers` processes. Returns [(unit, manifest)] of the
+  units prepared."""
   todo = []
   for u, c in jobs:
     if c.manifest(u) is None:
@@ -249,16 +294,26 @@ def prepare_units(jobs, root: str, val_fraction: float, workers: int,
       c.remove(u)
       todo.append((u, c))
   workers = max(1, min(workers, len(todo)))
-  if workers == 1:  # sentencepiece encodes a batch on every core by itself
-    for u, c in todo:
-      prepare_unit(u, c, val_fraction, threads=os.cpu_count() or 1)
-    return [u for u, _ in todo]
-  args = [(u, root, c.tok.path, getattr(c.tok, "eos_token", ""), val_fraction) for u, c in todo]
-  ctx = multiprocessing.get_context("spawn")  # never fork a process that runs JAX's threads
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-    for _ in pool.map(_job, args):
-      pass
-  return [u for u, _ in todo]
+  with _stop_on_signals():
+    if workers == 1:  # sentencepiece encodes a batch on every core by itself
+      return [(u, prepare_unit(u, c, threads=os.cpu_count() or 1)) for u, c in todo]
+    args = [(u, root, c.tok.path, getattr(c.tok, "eos_token", ""), c.val_fraction)
+            for u, c in todo]
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that runs JAX's threads
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                                  initializer=_init_worker)
+    try:
+      return list(zip([u for u, _ in todo], pool.map(_job, args)))
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise DataError(f"a preparation worker process died ({e}). Fix: if you call dept_jax from "
+                      "a script of your own, put its code under `if __name__ == '__main__':` "
+                      "(workers re-import the script); if the machine ran out of memory, lower "
+                      "data.workers or data.unit_mb; data.workers=1 tokenizes in this process."
+                      ) from None
+    finally:  # on any exit, no worker outlives the call (ProcessPoolExecutor has no terminate)
+      for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.terminate()
+      pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- one source
@@ -295,7 +350,7 @@ class SourceCache:
       if total >= budget_bytes:
         break
       if u not in loaded:
-        loaded[u] = dict(np.load(self.cache.paths(self.units[u].key())["npz"]))
+        loaded[u] = _load_unit_arrays(self.name, self.cache, self.units[u])
       z = loaded[u]
       a, b = z["val_offsets"][d], z["val_offsets"][d + 1]
       out.append((z["val_tokens"][a:b], z["val_ends"][a:b], int(z["val_bytes"][d])))
@@ -304,15 +359,34 @@ class SourceCache:
 
 
 def open_source(name: str, units, cache: TokenCache) -> SourceCache:
-  """The source's index, built once from its units' manifests (all must be prepared)."""
-  key = hashlib.sha256(json.dumps([CACHE_VERSION, cache.tok.fingerprint,
+  """The source's index, built once from its units' manifests (all must be prepared). The index
+  is derived data: a damaged one is built again."""
+  key = hashlib.sha256(json.dumps([CACHE_VERSION, cache.id,
                                    [u.key() for u in units]]).encode()).hexdigest()[:32]
   base = os.path.join(cache.dir, "sources", key)
-  if not os.path.exists(base + ".json"):
-    _build_index(name, units, cache, key, base)
-  with open(base + ".json") as f:
-    index = json.load(f)
-  return SourceCache(name, cache, units, index, dict(np.load(base + ".npz")))
+  for attempt in range(2):
+    if attempt or not os.path.exists(base + ".json"):
+      _build_index(name, units, cache, key, base)
+    try:
+      with open(base + ".json") as f:
+        index = json.load(f)
+      with np.load(base + ".npz") as z:
+        return SourceCache(name, cache, units, index, dict(z))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      if attempt:
+        raise DataError(f"source '{name}': the cache index {base}.json cannot be read ({e}). "
+                        f"Fix: delete {os.path.dirname(base)} and run again.") from None
+
+
+def _load_unit_arrays(name, cache, unit) -> dict:
+  path = cache.paths(unit.key())["npz"]
+  try:
+    with np.load(path) as z:
+      return dict(z)
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    fail(name, f"cache shard {path} (from {unit.where}) is damaged ({type(e).__name__}: {e})",
+         "run --mode=prepare with this config: it checks every shard against its checksum and "
+         "makes damaged ones again")
 
 
 def _build_index(name, units, cache, key, base):
@@ -323,19 +397,24 @@ def _build_index(name, units, cache, key, base):
       fail(name, f"the token cache has no shard for {u.where}", "run --mode=prepare with this "
            "config (on every host of a multi-host run), or start training, which prepares it")
     manifests.append(m)
+  if not sum(m["train_docs"] + m["val_docs"] for m in manifests):
+    skipped = sum(m["skipped_files"] for m in manifests)
+    fail(name, f"its {len(units)} unit(s) of input hold no text" +
+         (f" ({skipped} binary files skipped)" if skipped else ""),
+         "point the source at files that hold UTF-8 text (or the right field/column)")
   val_unit, val_doc, val_score, val_hash, val_bytes = [], [], [], [], []
   counts = np.zeros((cache.tok.vocab_size,), np.int64)
   train_hashes = []
   for i, u in enumerate(units):
-    with np.load(cache.paths(u.key())["npz"]) as z:
-      n = len(z["val_score"])
-      val_unit.append(np.full((n,), i, np.int32))
-      val_doc.append(np.arange(n, dtype=np.int32))
-      val_score.append(z["val_score"])
-      val_hash.append(z["val_hash"])
-      val_bytes.append(z["val_bytes"])
-      train_hashes.append(z["train_hash"])
-      counts += z["counts"]
+    z = _load_unit_arrays(name, cache, u)
+    n = len(z["val_score"])
+    val_unit.append(np.full((n,), i, np.int32))
+    val_doc.append(np.arange(n, dtype=np.int32))
+    val_score.append(z["val_score"])
+    val_hash.append(z["val_hash"])
+    val_bytes.append(z["val_bytes"])
+    train_hashes.append(z["train_hash"])
+    counts += z["counts"]
   v_unit, v_doc = np.concatenate(val_unit), np.concatenate(val_doc)
   v_score, v_hash = np.concatenate(val_score), np.concatenate(val_hash)
   # A held-out document with a (normalised) copy in training would be scored on text the model
@@ -356,10 +435,13 @@ def _build_index(name, units, cache, key, base):
     fail(name, f"none of its held-out documents is left for evaluation ({int(in_train.sum())} "
          "had a copy in training)", "give the source more distinct documents, or raise "
          "data.val_fraction")
+  content = [m["content_sha256"] for m in manifests]
   index = {
-      "key": key, "name": name, "tokenizer": cache.tok.fingerprint,
-      "units": [{"unit": m["unit"], "tokens": m["tokens"], "dtype": m["dtype"]}
-                for m in manifests],
+      "key": key, "name": name, "cache": cache.id,
+      "units": [{"unit": m["unit"], "tokens": m["tokens"], "dtype": m["dtype"],
+                 "where": m["where"], "first": u.first, "content_sha256": m["content_sha256"]}
+                for u, m in zip(units, manifests)],
+      "content_sha256": hashlib.sha256("".join(content).encode()).hexdigest(),
       "tokens": int(sum(m["tokens"] for m in manifests)),
       "train_docs": int(sum(m["train_docs"] for m in manifests)),
       "train_bytes": int(sum(m["train_bytes"] for m in manifests)),
@@ -369,13 +451,23 @@ def _build_index(name, units, cache, key, base):
       "skipped_files": int(sum(m["skipped_files"] for m in manifests)),
   }
   os.makedirs(os.path.dirname(base), exist_ok=True)
-  suffix = f".tmp{os.getpid()}"
-  with open(base + suffix + ".npz", "wb") as f:
-    np.savez(f, eval_unit=v_unit[eval_order], eval_doc=v_doc[eval_order], counts=counts)
-  os.replace(base + suffix + ".npz", base + ".npz")
-  with open(base + suffix, "w") as f:
-    json.dump(index, f, sort_keys=True)
-  os.replace(base + suffix, base + ".json")
+  tmp = {ext: f"{base}.tmp{os.getpid()}{ext}" for ext in (".npz", ".json")}
+  try:
+    with open(tmp[".npz"], "wb") as f:
+      np.savez(f, eval_unit=v_unit[eval_order], eval_doc=v_doc[eval_order], counts=counts)
+    with open(tmp[".json"], "w") as f:
+      json.dump(index, f, sort_keys=True)
+    os.replace(tmp[".npz"], base + ".npz")
+    os.replace(tmp[".json"], base + ".json")  # last: the index exists only when whole
+  except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      fail(name, f"the disk filled while writing the cache index {base}.json", "free space or "
+           "set data.cache_dir to a bigger disk, then run again: the shards are kept")
+    raise
+  finally:
+    for path in tmp.values():
+      if os.path.exists(path):
+        os.remove(path)
 
 
 def describe(src: SourceCache, seconds: float | None = None) -> str:

@@ -7,10 +7,11 @@ file cut at a line end): a unit is what one worker tokenizes into one cache shar
 Planning reads no text, so it costs the same for 1 GB as for 1 TB.
 
 Documents: a text file is one document, except that a source given as a single file, and any file
-bigger than `max_doc_bytes`, is split at blank lines; a JSON line, a Parquet row or a tfds example
-is one document. Any document longer than `max_doc_bytes` is cut into pieces at line ends. Bytes
-that are not UTF-8 are replaced (U+FFFD) and counted; files with NUL bytes in their first 8 KB are
-binary and skipped. Paths go through etils.epath, so gs:// sources work where gcsfs is installed.
+of unit_bytes or more (a corpus, not a document), is split at blank lines; a JSON line, a Parquet
+row or a tfds example is one document. Any document longer than `max_doc_bytes` is cut into pieces
+at line ends. Bytes that are not UTF-8 are replaced (U+FFFD) and counted; files with NUL bytes in
+their first 8 KB are binary and skipped; `.gz` files are read decompressed. Paths go through
+etils.epath, so gs:// sources work where gcsfs is installed.
 """
 from __future__ import annotations
 
@@ -20,24 +21,27 @@ import hashlib
 import json
 import os
 import re
+import stat
 from typing import Iterator
 
-from dept_jax.data.base import fail
+from dept_jax.data.base import DataError, fail
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "tfds")
 DOC_SPLITS = ("auto", "file", "blank_lines")
-READER_VERSION = 1  # bump when reading or splitting changes: every unit key changes with it
+READER_VERSION = 2  # bump when reading or splitting changes: every unit key changes with it
 _BLANK_LINES = re.compile(r"\n[ \t\r]*\n")
 
 
 @dataclasses.dataclass(frozen=True)
 class Part:
   """A piece of one input: bytes [start, stop) of a text/jsonl file, row groups of a Parquet file,
-  examples of a tfds split. stamp: size and modification time (or the dataset's version)."""
+  examples of a tfds split. stamp: size and modification time (or the dataset's version).
+  split: how a text part becomes documents (file: one document; blank_lines)."""
   path: str
   start: int
   stop: int
   stamp: str
+  split: str = "file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,21 +50,32 @@ class Unit:
   kind: str  # text | jsonl | parquet | tfds
   parts: tuple
   field: str = "text"
-  split: str = "file"  # file | blank_lines (resolved from auto at planning)
   max_doc_bytes: int = 65536
   data_dir: str = ""  # tfds
   tfds_split: str = ""
+  holds_out_one: bool = False  # the source's first unit holds out a document if none falls out
 
   def key(self) -> str:
-    ident = {"v": READER_VERSION, "kind": self.kind, "field": self.field, "split": self.split,
-             "max_doc_bytes": self.max_doc_bytes, "data_dir": self.data_dir, "tfds_split": self.tfds_split,
+    ident = {"v": READER_VERSION, "kind": self.kind, "field": self.field,
+             "max_doc_bytes": self.max_doc_bytes, "data_dir": self.data_dir,
+             "tfds_split": self.tfds_split, "holds_out_one": self.holds_out_one,
              "parts": [dataclasses.astuple(p) for p in self.parts]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
   @property
   def where(self) -> str:
-    first = self.parts[0].path
-    return first if len(self.parts) == 1 else f"{first} (+{len(self.parts) - 1} more files)"
+    """The unit's inputs in words: a file, a byte range of one, or a run of files."""
+    first, last = self.parts[0], self.parts[-1]
+    if len(self.parts) > 1:
+      return f"{first.path} .. {last.path} ({len(self.parts)} files)"
+    whole = self.kind not in ("text", "jsonl") or (
+        first.start == 0 and str(first.stop) == first.stamp.split(":")[0])
+    return first.path if whole else f"{first.path} (bytes {first.start}..{first.stop})"
+
+  @property
+  def first(self) -> str:
+    """Where the unit starts: stays the same when files are added or changed inside it."""
+    return f"{self.parts[0].path}@{self.parts[0].start}"
 
 
 # ----------------------------------------------------------------------------- files
@@ -70,21 +85,30 @@ def _remote(path: str) -> bool:
   return "://" in path
 
 
+def _epath(path: str):
+  """etils.epath's Path; a gs:// path needs gcsfs (or TensorFlow) behind it."""
+  from etils import epath
+  try:
+    return epath.Path(path)
+  except ImportError as e:
+    raise DataError(f"reading {path} needs a file system package that is not installed ({e}). "
+                    "Fix: pip install gcsfs (for gs://), or copy the data to a local disk.") from e
+
+
 def _open(path: str):
-  if _remote(path):
-    from etils import epath
-    return epath.Path(path).open("rb")
-  return open(path, "rb")
+  return _epath(path).open("rb") if _remote(path) else open(path, "rb")
 
 
 def _stat(name: str, path: str) -> tuple[int, int]:
   """(size, mtime_ns) of a file; an unreadable one fails naming it."""
   try:
     if _remote(path):
-      from etils import epath
-      st = epath.Path(path).stat()
+      st = _epath(path).stat()
       return int(st.length), int(getattr(st, "mtime_nsec", 0) or 0)
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a pipe or device would block or never end
+      fail(name, f"{path} is not a regular file", "remove it from the source's folder, or point "
+           "the source at regular files")
     return st.st_size, st.st_mtime_ns
   except OSError as e:
     fail(name, f"cannot read {path}: {e.strerror or e}", "fix the file's permissions or remove it "
@@ -97,36 +121,39 @@ def _stamp(name: str, path: str) -> tuple[int, str]:
 
 
 def list_files(name: str, path: str) -> list[str]:
-  """The source's files, sorted: a glob, every non-hidden file below a folder, or one file."""
-  from etils import epath
+  """The source's files, sorted: every non-hidden regular file below a folder, one file, or a
+  glob (a path that exists is taken as it is, even with glob characters in its name)."""
   path = os.path.expanduser(path)
-  if any(ch in path for ch in "*?["):
+  p = _epath(path)
+  if not p.exists() and any(ch in path for ch in "*?["):
     root, _, pattern = _split_glob(path)
-    files = sorted(str(p) for p in epath.Path(root).glob(pattern) if _is_file(p))
+    files = sorted(str(f) for f in _epath(root).glob(pattern) if _is_file(f))
     if not files:
       fail(name, f"the glob '{path}' matches no files",
            "check the pattern, or point path at a folder of text files")
     return files
-  p = epath.Path(path)
   if not p.exists():
     fail(name, f"path '{path}' does not exist", f"set config.data.sources.{name}.path to a "
          "folder, glob, .jsonl, .parquet or text file that exists")
   if not p.is_dir():
     return [path]
-  files = []
-  stack = [p]
+  files, stack, skipped = [], [p], 0
   while stack:  # depth-first, sorted; linked folders are not followed (no loops)
     d = stack.pop()
-    entries = sorted(d.iterdir(), key=lambda e: e.name, reverse=True)
-    for e in entries:
-      if e.name.startswith("."):
-        continue
-      if not _remote(str(e)) and os.path.islink(e) and os.path.isdir(e):
+    for e in sorted(d.iterdir(), key=lambda e: e.name, reverse=True):
+      local = not _remote(str(e))
+      if e.name.startswith(".") or (local and os.path.islink(e) and os.path.isdir(e)):
         continue
       if e.is_dir():
         stack.append(e)
+      elif local and os.path.exists(e) and not os.path.isfile(e):
+        skipped += 1  # a pipe, socket or device: reading it could block forever
       else:
         files.append(str(e))
+  if not files:
+    fail(name, f"the folder '{path}' holds no files" + (f" ({skipped} special files skipped)"
+                                                        if skipped else ""),
+         "put the source's text, .jsonl or .parquet files in it")
   return sorted(files)
 
 
@@ -149,8 +176,8 @@ def file_format(path: str, fmt: str) -> str:
   if fmt != "auto":
     return fmt
   low = path.lower()
-  if low.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-    return "jsonl"
+  if low.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+    return "jsonl"  # a .json file is one JSON document (package.json ...): read as text
   if low.endswith(".parquet"):
     return "parquet"
   return "text"
@@ -162,6 +189,13 @@ def file_format(path: str, fmt: str) -> str:
 def plan(name: str, spec: dict, unit_bytes: int = 64 << 20,
          unit_examples: int = 20_000) -> list[Unit]:
   """The source's units of work, in a fixed order. Reads no text."""
+  units = _plan(name, spec, unit_bytes, unit_examples)
+  if units:  # so that every source holds out at least one document
+    units[0] = dataclasses.replace(units[0], holds_out_one=True)
+  return units
+
+
+def _plan(name, spec, unit_bytes, unit_examples) -> list[Unit]:
   fmt = spec.get("format") or "auto"
   if fmt not in FORMATS:
     fail(name, f"unknown format '{fmt}'", f"use one of {FORMATS}")
@@ -181,7 +215,7 @@ def plan(name: str, spec: dict, unit_bytes: int = 64 << 20,
   def close_group():
     nonlocal group, group_bytes
     if group:
-      units.append(Unit(name, group_kind[0], tuple(group), split=group_kind[1], **common))
+      units.append(Unit(name, group_kind, tuple(group), **common))
     group, group_bytes = [], 0
 
   for path in files:
@@ -191,19 +225,18 @@ def plan(name: str, spec: dict, unit_bytes: int = 64 << 20,
       close_group()
       units += _plan_parquet(name, path, stamp, unit_bytes, common)
       continue
-    file_split = split
-    if split == "auto":  # a lone file or a big one holds many documents
-      file_split = "blank_lines" if (size > max_doc or single) else "file"
+    part_split = split
+    if split == "auto":  # a lone file, or one of a unit's size, is a corpus of many documents
+      part_split = "blank_lines" if (single or size >= unit_bytes) else "file"
     if size >= unit_bytes:  # its own units: byte ranges cut at line ends
       close_group()
-      for start, stop in _byte_ranges(name, path, size, unit_bytes):
-        units.append(Unit(name, kind, (Part(path, start, stop, stamp),), split=file_split,
-                          **common))
+      for start, stop in _byte_ranges(path, size, unit_bytes, whole_lines=kind == "jsonl"):
+        units.append(Unit(name, kind, (Part(path, start, stop, stamp, part_split),), **common))
       continue
-    if group_kind != (kind, file_split):
+    if group_kind != kind:
       close_group()
-      group_kind = (kind, file_split)
-    group.append(Part(path, 0, size, stamp))
+      group_kind = kind
+    group.append(Part(path, 0, size, stamp, part_split))
     group_bytes += size
     if group_bytes >= unit_bytes:
       close_group()
@@ -211,9 +244,10 @@ def plan(name: str, spec: dict, unit_bytes: int = 64 << 20,
   return units
 
 
-def _byte_ranges(name, path, size, unit_bytes) -> list[tuple[int, int]]:
-  """[start, stop) pieces of about unit_bytes, each ending just after a line end where one is
-  near (else at a UTF-8 character boundary). Gzip files cannot be cut: one piece."""
+def _byte_ranges(path, size, unit_bytes, whole_lines: bool) -> list[tuple[int, int]]:
+  """[start, stop) pieces of about unit_bytes, each ending just after a line end. A text file
+  with no line end within 1 MB of a cut is cut before a UTF-8 lead byte instead; JSON Lines are
+  always cut at a line end. Gzip files cannot be cut: one piece."""
   if size <= unit_bytes * 1.5 or path.endswith(".gz"):
     return [(0, size)]
   cuts = [0]
@@ -221,15 +255,21 @@ def _byte_ranges(name, path, size, unit_bytes) -> list[tuple[int, int]]:
     pos = unit_bytes
     while pos < size - unit_bytes // 2:
       f.seek(pos)
-      window = f.read(1 << 20)
-      nl = window.find(b"\n")
-      if nl >= 0:
-        cut = pos + nl + 1
-      else:  # no line end within 1 MB: cut before a UTF-8 lead byte
-        back = 0
-        while back < min(4, len(window)) and (window[back] & 0xC0) == 0x80:
-          back += 1
-        cut = pos + back
+      window, cut = f.read(1 << 20), None
+      while cut is None:
+        nl = window.find(b"\n")
+        if nl >= 0:
+          cut = pos + nl + 1
+        elif not whole_lines or not window:  # text: cut before a UTF-8 lead byte
+          back = 0
+          while back < min(4, len(window)) and (window[back] & 0xC0) == 0x80:
+            back += 1
+          cut = pos + back if window else size
+        else:  # a JSON line longer than 1 MB: read on to its end
+          pos += len(window)
+          window = f.read(1 << 20)
+      if cut >= size:
+        break
       cuts.append(cut)
       pos = cut + unit_bytes
   cuts.append(size)
@@ -309,13 +349,22 @@ def read_unit(unit: Unit, stats: ReadStats) -> Iterator[str]:
 
 
 def _read_range(unit, part) -> bytes:
+  """The part's bytes: decompressed for .gz, without a UTF-8 byte order mark."""
   try:
     with _open(part.path) as f:
       f.seek(part.start)
-      return f.read(part.stop - part.start)
+      raw = f.read(part.stop - part.start)
   except OSError as e:
     fail(unit.source, f"cannot read {part.path}: {e.strerror or e}",
          "fix the file's permissions or remove it")
+  if part.path.endswith(".gz"):
+    import gzip
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+      fail(unit.source, f"{part.path} is not a readable gzip file ({e})",
+           "replace or remove the file")
+  return raw[3:] if part.start == 0 and raw.startswith(b"\xef\xbb\xbf") else raw
 
 
 def _read_text(unit, stats):
@@ -325,7 +374,7 @@ def _read_text(unit, stats):
       stats.skipped_files += 1
       continue
     text = stats.decode(raw)
-    if unit.split == "blank_lines":
+    if part.split == "blank_lines":
       yield from _BLANK_LINES.split(text)
     else:
       yield text
@@ -333,27 +382,35 @@ def _read_text(unit, stats):
 
 def _read_jsonl(unit, stats):
   for part in unit.parts:
-    raw = _read_range(unit, part)
-    if part.path.endswith(".gz"):
-      import gzip
-      raw = gzip.decompress(raw)
+    raw, offset = _read_range(unit, part), 0
     for lineno, line in enumerate(raw.split(b"\n"), 1):
+      at, offset = offset, offset + len(line) + 1
       if not line.strip():
         continue
-      where = f"{part.path} line {lineno}" + (f" of bytes {part.start}.." if part.start else "")
+      # A line number where the part starts the file, else where the line starts in the file.
+      where = (f"{part.path} line {lineno}" if part.start == 0 else
+               f"{part.path} (the line at byte {part.start + at})")
       try:
         obj = json.loads(stats.decode(line))
       except json.JSONDecodeError as e:
         fail(unit.source, f"{where} is not valid JSON ({e.msg})",
-             "make every line one JSON object")
+             "make every line one JSON object (or set config.data.sources."
+             f"{unit.source}.format=text to read the file as plain text)")
       if not isinstance(obj, dict) or unit.field not in obj:
         keys = ", ".join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__
         fail(unit.source, f"{where} has no field '{unit.field}' (has: {keys})",
              f"set config.data.sources.{unit.source}.field to the key that holds the text")
-      yield str(obj[unit.field])
+      value = obj[unit.field]
+      if value is None:  # no text in this record
+        continue
+      if not isinstance(value, str):
+        fail(unit.source, f"{where}: field '{unit.field}' holds a {type(value).__name__}, not "
+             "text", f"set config.data.sources.{unit.source}.field to a field holding strings")
+      yield value
 
 
 def _read_parquet(unit, stats):
+  import pyarrow as pa
   import pyarrow.parquet as pq
   for part in unit.parts:
     pf = pq.ParquetFile(part.path)
@@ -361,11 +418,16 @@ def _read_parquet(unit, stats):
       fail(unit.source, f"{part.path} has no column '{unit.field}' (has: "
            f"{', '.join(pf.schema_arrow.names)})",
            f"set config.data.sources.{unit.source}.field to the text column")
+    kind = pf.schema_arrow.field(unit.field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or
+            pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+      fail(unit.source, f"{part.path} column '{unit.field}' holds {kind}, not text",
+           f"set config.data.sources.{unit.source}.field to a string column")
     groups = list(range(part.start, part.stop))
     for batch in pf.iter_batches(columns=[unit.field], row_groups=groups, batch_size=1024):
       for v in batch.column(0).to_pylist():
-        if v is not None:
-          yield v if isinstance(v, str) else stats.decode(bytes(v))
+        if v is not None:  # a null row holds no text
+          yield v if isinstance(v, str) else stats.decode(v)
 
 
 def _read_tfds(unit, stats):

@@ -89,6 +89,31 @@ def text_data_config() -> dict:
   )
 
 
+def check_config(d):
+  """The text data keys, checked before anything is read (config_lib.validate calls this)."""
+  d = ml_collections.ConfigDict({**text_data_config(), **{k: d[k] for k in d.keys()}})
+
+  def bad(key, problem, fix):
+    raise DataError(f"config.data.{key}: {problem}. Fix: {fix}.")
+  if not 0 < d.val_fraction < 1:
+    bad("val_fraction", f"{d.val_fraction} is not in (0, 1)", "hold out a share such as 0.05")
+  if d.unit_mb <= 0:
+    bad("unit_mb", f"{d.unit_mb} is not positive", "use e.g. 64 (MB of text per shard)")
+  if d.workers < 0:
+    bad("workers", f"{d.workers} is negative", "use 0 (every core) or a number of processes")
+  if d.tokenizer_train_bytes <= 0:
+    bad("tokenizer_train_bytes", f"{d.tokenizer_train_bytes} is not positive",
+        "sample e.g. 1000000 bytes (tens of MB for a 50k vocabulary)")
+  if d.min_count < 1:
+    bad("min_count", f"{d.min_count} is below 1", "use 1 (every id a source uses) or more")
+  if d.read_threads < 0 or d.prefetch < 0:
+    bad("read_threads", "read_threads and prefetch must be >= 0", "use e.g. 2 and 4")
+  for name, spec in d.sources.items():
+    if int(spec.get("max_doc_bytes") or 65536) < 1024:
+      bad(f"sources.{name}.max_doc_bytes", f"{spec.max_doc_bytes} is below 1024",
+          "cut documents into pieces of at least 1024 bytes (default 65536)")
+
+
 def add_text_data(config, named_sources: dict) -> ml_collections.ConfigDict:
   """config.data set up for these sources {name: source(...)}, num_sources included."""
   for key, value in text_data_config().items():
@@ -158,8 +183,9 @@ def _sample(units, budget: int) -> list[str]:
     share = (budget - total) // (len(picks) - i)
     size = sum(p.stop - p.start for p in units[u].parts) if units[u].kind != "tfds" else 0
     fraction = min(1.0, 1.2 * share / size) if size else 1.0  # 1.2: blank and cut lines
+    # Blocks of 1/16 of the share: some 16-20 blocks per unit, however long its lines.
     got, n = tokenizers.sample_lines(documents.read_unit(units[u], documents.ReadStats()), share,
-                                     fraction)
+                                     fraction, block_bytes=max(4096, share // 16))
     lines += got
     total += n
   return lines
@@ -167,25 +193,42 @@ def _sample(units, budget: int) -> list[str]:
 
 def _trained(root: str, who: str, plans: list, shares: list, vocab_size: int) -> str:
   """A sentencepiece model trained on the shares of these sources' units, kept in the cache under
-  a key of its sample and settings, so every run on the same data reuses it."""
+  a key of its sample and settings, so every run on the same data reuses it. A checksum written
+  beside it catches a damaged copy, which is then trained again (training is deterministic)."""
   ident = json.dumps({"v": 1, "vocab": vocab_size, "shares": shares,
                       "units": [[u.key() for u in units] for units in plans]}, sort_keys=True)
   key = hashlib.sha256(ident.encode()).hexdigest()[:32]
   path = os.path.join(cache_lib.cache_root(root), "tokenizers", f"{key}.model")
-  if not os.path.exists(path):
-    lines = []
-    for units, share in zip(plans, shares):
-      lines += _sample(units, share)
-    tokenizers.train_sentencepiece(lines, path, vocab_size, who)
+  check = path + ".sha256"
+  if os.path.exists(path) and os.path.exists(check):
+    if open(check).read().strip() == tokenizers.file_fingerprint(path):
+      return path
+    say(f"the cached tokenizer {path} does not match its checksum; training it again")
+  lines = []
+  for units, share in zip(plans, shares):
+    lines += _sample(units, share)
+  tokenizers.train_sentencepiece(lines, path, vocab_size, who)
+  with open(check + ".tmp", "w") as f:
+    f.write(tokenizers.file_fingerprint(path))
+  os.replace(check + ".tmp", check)
   return path
 
 
-def _tokenizer(tokdir, file_stem, user_path, train_fn, eos_token) -> tokenizers.Tokenizer:
-  """The run's copy if it has one; else the user's file or a trained one, copied into the run."""
-  if tokdir:
-    for ext in (".model", ".json"):
-      if os.path.exists(os.path.join(tokdir, file_stem + ext)):
-        return tokenizers.load(os.path.join(tokdir, file_stem + ext), eos_token)
+def _tokenizer(tokdir, file_stem, user_path, train_fn, eos_token, size: tuple[int, str]):
+  """The run's copy if it has one; else the user's file or a trained one, copied into the run.
+  size: (configured vocabulary size, its key), which a trained copy must have."""
+  copies = [os.path.join(tokdir, file_stem + ext) for ext in (".model", ".json")] if tokdir else []
+  for copy in (c for c in copies if os.path.exists(c)):
+    tok = tokenizers.load(copy, eos_token)
+    if user_path and tokenizers.file_fingerprint(os.path.expanduser(user_path)) != tok.fingerprint:
+      raise DataError(f"{copy} is not the tokenizer {user_path} that the config names: this "
+                      "workdir was started with another. Fix: pass a new --workdir, or point the "
+                      f"tokenizer setting at {copy}.")
+    if not user_path and tok.vocab_size != size[0]:
+      raise DataError(f"{copy} has {tok.vocab_size} pieces but config.{size[1]}={size[0]}: this "
+                      "workdir was started with other settings. Fix: pass a new --workdir, or set "
+                      f"{size[1]}={tok.vocab_size}.")
+    return tok
   path = os.path.expanduser(user_path) if user_path else train_fn()
   tok = tokenizers.load(path, eos_token)  # checks the file before it enters the run
   if not tokdir:
@@ -209,7 +252,8 @@ def _tokenizers(config, plans, tokdir) -> dict:
                       "set config.data.sources.<name>.tokenizer per source, or clear it.")
     return {n: _tokenizer(tokdir, n, d.sources[n].get("tokenizer", ""),
                           lambda n=n: _trained(root, f"source '{n}'", [plans[n]], [budget],
-                                               d.source_vocab_size), eos)
+                                               d.source_vocab_size), eos,
+                          (d.source_vocab_size, "data.source_vocab_size"))
             for n in names}
   for n in names:
     if d.sources[n].get("tokenizer"):
@@ -220,7 +264,7 @@ def _tokenizers(config, plans, tokdir) -> dict:
   shares = [int(budget * w / weights.sum()) for w in weights]
   tok = _tokenizer(tokdir, "global", d.get("tokenizer", ""),
                    lambda: _trained(root, "the global vocabulary", [plans[n] for n in names],
-                                    shares, d.vocab_size), eos)
+                                    shares, d.vocab_size), eos, (d.vocab_size, "data.vocab_size"))
   return {n: tok for n in names}
 
 
@@ -250,23 +294,23 @@ def prepare(config, workdir: str | None = None, verify: bool = False) -> dict:
   caches = {}
   for n in plans:  # one TokenCache per distinct tokenizer
     caches[n] = next((c for m, c in caches.items() if toks[m].fingerprint == toks[n].fingerprint),
-                     None) or cache_lib.TokenCache(root, toks[n])
+                     None) or cache_lib.TokenCache(root, toks[n], d.val_fraction)
   mine = [(u, caches[n]) for n, units in plans.items() for u in units]
   mine = mine[jax.process_index()::jax.process_count()]
   workers = int(d.get("workers", 0)) or os.cpu_count() or 1
   start = time.perf_counter()
-  done = cache_lib.prepare_units(mine, root, float(d.val_fraction), workers, verify)
+  done = cache_lib.prepare_units(mine, root, workers, verify)
   if done:  # every host reports its own share
     host = f"host {jax.process_index()}/{jax.process_count()}: " if jax.process_count() > 1 else ""
-    mb = sum(p.stop - p.start for u in done for p in u.parts if u.kind != "tfds") / 1e6
+    mb = sum(m["train_bytes"] + m["val_bytes"] for _, m in done) / 1e6
     secs = time.perf_counter() - start
     for n in plans:
-      got = sum(u.source == n for u in done)
+      got = sum(u.source == n for u, _ in done)
       if got:
         print(f"[dept_jax] {host}source '{n}': tokenized {got} of {len(plans[n])} units",
               flush=True)
-    print(f"[dept_jax] {host}prepared {len(done)} units ({mb:.1f} MB) in {secs:.1f} s with "
-          f"{min(workers, len(done))} worker(s): {mb / secs:.2f} MB/s", flush=True)
+    print(f"[dept_jax] {host}prepared {len(done)} units ({mb:.1f} MB of text) in {secs:.1f} s "
+          f"with {min(workers, len(done))} worker(s): {mb / secs:.2f} MB/s", flush=True)
   _sync("dept_jax units prepared")
   out = {}
   if jax.process_index() == 0:
@@ -295,26 +339,24 @@ def build(config, workdir: str | None, training: bool = True) -> DataBundle:
       raise DataError(f"{workdir} has no data record (WORKDIR/data/record.json), which a text run "
                       "writes when it starts. Fix: pass the --workdir of a training run.")
     names = record["names"]
-    toks = {n: tokenizers.load(os.path.join(workdir, "tokenizers",
-                                            record["sources"][n]["tokenizer"]),
-                               d.get("eos_token", "")) for n in names}
+    toks = {n: run_record.tokenizer(workdir, record, n, d.get("eos_token", "")) for n in names}
     vocab = dict(record["vocab"], **({"owned": record["owned"]} if "owned" in record else {}))
     return _bundle(config, names, toks, {n: record["sources"][n]["train_tokens"] for n in names},
                    None, {n: run_record.eval_rows(workdir, n) for n in names}, vocab)
   srcs = prepare(config, workdir)
   for src in srcs.values():
     say(cache_lib.describe(src))
-  if record:
-    run_record.check(record, srcs, workdir)
   names = list(srcs)
   toks = {n: srcs[n].cache.tok for n in names}
+  if record:
+    run_record.check(record, srcs, toks, workdir)
   if record:
     rows = {n: run_record.eval_rows(workdir, n) for n in names}
   else:
     budget = d.eval_batches * config.batch_size * L * EVAL_BYTES_PER_TOKEN
     rows = {n: windows.eval_rows(srcs[n].eval_documents(budget), toks[n].eos_id, L, budget)
             for n in names}
-  tw = {n: windows.TokenWindows(srcs[n].shards(), L) for n in names}
+  tw = {n: windows.TokenWindows(srcs[n].shards(), L, n, toks[n].vocab_size) for n in names}
   for n in names:
     if len(tw[n]) < config.batch_size:
       raise DataError(f"source '{n}': has {len(tw[n])} training windows of seq_len+1={L + 1} "

@@ -169,23 +169,24 @@ def load(path: str, eos_token: str = "") -> Tokenizer:
 
 
 def sample_lines(docs: Iterable[str], budget_bytes: int, fraction: float = 1.0,
-                 block: int = 64) -> tuple[list[str], int]:
+                 block_bytes: int = 1 << 16) -> tuple[list[str], int]:
   """Non-empty lines of docs until budget_bytes of UTF-8, keeping an evenly spread `fraction` of
-  them (whole blocks of `block` lines, so the sample covers the text and keeps context). Lines
-  longer than sentencepiece takes are cut into pieces, so a one-line file is sampled, not dropped.
-  Returns (lines, bytes)."""
+  the text: whole blocks of block_bytes, so the sample covers the text and keeps some context,
+  however long its lines. Lines longer than sentencepiece takes are cut into pieces first, so a
+  one-line file is sampled, not dropped. Returns (lines, bytes)."""
   from dept_jax.data.documents import pieces
-  lines, total, n = [], 0, 0
+  lines, total, seen = [], 0, 0
   for doc in docs:
     for line in doc.split("\n"):
       if not line.strip():
         continue
-      b, n = n // block, n + 1
-      if int((b + 1) * fraction) == int(b * fraction):  # this block is not in the sample
-        continue
       for piece in pieces(line, MAX_LINE_BYTES):
+        n = len(piece.encode("utf-8"))
+        b, seen = seen // block_bytes, seen + n
+        if int((b + 1) * fraction + 0.5) == int(b * fraction + 0.5):  # not a sampled block
+          continue
         lines.append(piece)
-        total += len(piece.encode("utf-8"))
+        total += n
         if total >= budget_bytes:
           return lines, total
   return lines, total
@@ -199,6 +200,9 @@ def train_sentencepiece(lines: list[str], path: str, vocab_size: int, who: str,
     raise DataError(f"tokenizer for {who}: vocab size {vocab_size} is below {MIN_VOCAB} "
                     "(256 byte-fallback pieces plus specials). Fix: raise the vocab size.")
   n_bytes = sum(len(ln.encode("utf-8")) for ln in lines)
+  if not n_bytes:
+    raise DataError(f"tokenizer for {who}: its sources gave no text to learn from. Fix: point the "
+                    "source(s) at files that hold UTF-8 text (or the right field/column).")
   start = time.perf_counter()
   # Scripts with thousands of characters (CJK) need more pieces than the vocabulary has at full
   # coverage; with byte fallback, rarer characters can safely be left to bytes.

@@ -19,6 +19,8 @@ import zlib
 import grain
 import numpy as np
 
+from dept_jax.data.base import DataError
+
 
 def shuffle_seed(seed: int, name: str) -> int:
   return int(np.random.default_rng([seed, zlib.crc32(name.encode())]).integers(0, 2**31 - 1))
@@ -26,14 +28,16 @@ def shuffle_seed(seed: int, name: str) -> int:
 
 class TokenWindows:
   """Random-access windows over shard files [(path, tokens, dtype)] (grain's data-source protocol).
-  Reads go through np.fromfile at an offset: no file handle or mapping is held between reads."""
+  Reads go through np.fromfile at an offset: no file handle or mapping is held between reads.
+  A read that comes back short, or with an id at or past `vocab_size`, means a damaged or
+  vanished cache and stops training with the source, the shard and the fix."""
 
-  def __init__(self, shards, seq_len: int):
+  def __init__(self, shards, seq_len: int, name: str = "", vocab_size: int | None = None):
     shards = [s for s in shards if s[1] > 0]
     self.paths = [s[0] for s in shards]
     self.dtypes = [np.dtype(s[2]) for s in shards]
     self.starts = np.concatenate([[0], np.cumsum([s[1] for s in shards])]).astype(np.int64)
-    self.seq_len = seq_len
+    self.seq_len, self.name, self.vocab_size = seq_len, name, vocab_size
 
   def __len__(self) -> int:
     return max(0, int(self.starts[-1] - 1) // self.seq_len)
@@ -48,11 +52,23 @@ class TokenWindows:
     while pos < b:  # a window may cross from one shard into the next
       n = min(b, int(self.starts[k + 1])) - pos
       dt = self.dtypes[k]
-      out[pos - a:pos - a + n] = np.fromfile(self.paths[k], dt, n,
-                                             offset=(pos - int(self.starts[k])) * dt.itemsize)
+      try:
+        got = np.fromfile(self.paths[k], dt, n, offset=(pos - int(self.starts[k])) * dt.itemsize)
+      except OSError as e:
+        self._damaged(k, e.strerror or str(e))
+      if len(got) != n:
+        self._damaged(k, f"{len(got)} of {n} tokens read")
+      out[pos - a:pos - a + n] = got
       pos += n
       k += 1
+    if self.vocab_size is not None and out.max() >= self.vocab_size:
+      self._damaged(k - 1, f"token id {int(out.max())} is past the vocabulary ({self.vocab_size})")
     return out
+
+  def _damaged(self, k: int, what: str):
+    raise DataError(f"source '{self.name}': the token cache shard {self.paths[k]} is damaged or "
+                    f"gone ({what}). Fix: run --mode=prepare with this config (it checks every "
+                    "shard and makes bad ones again), then the same training command to resume.")
 
 
 def training_windows(source, seed: int, name: str, id_map: np.ndarray | None = None):
