@@ -363,7 +363,7 @@ def test_a_non_finite_restored_state_is_a_damaged_checkpoint_not_a_learning_rate
   exp, state, ckpt = small_state(workdir)
   slots = dict(state["slots"], opt=jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32
                                                 else x, state["slots"]["opt"]))
-  ckpt.save(4, dict(state, slots=slots), {"streams": [s.get_state() for s in exp.streams]},
+  ckpt.save(4, dict(state, slots=slots), train.data_state(exp),
             train.run_meta(exp))
   ckpt.close()
   with open(os.path.join(workdir, "config.json"), "w") as f:
