@@ -348,9 +348,8 @@ def build(config, workdir: str | None, training: bool = True) -> DataBundle:
     say(cache_lib.describe(src))
   names = list(srcs)
   toks = {n: srcs[n].cache.tok for n in names}
-  if record:
+  if record:  # a resumed run: the same documents, and the held-out rows it started with
     run_record.check(record, srcs, toks, workdir)
-  if record:
     rows = {n: run_record.eval_rows(workdir, n) for n in names}
   else:
     budget = d.eval_batches * config.batch_size * L * EVAL_BYTES_PER_TOKEN
@@ -370,8 +369,10 @@ def build(config, workdir: str | None, training: bool = True) -> DataBundle:
 
 
 def vocabulary(variant, names, toks, srcs, min_count, record=None) -> dict:
-  """Per source: vocab_size (real rows of its table), and for trim/spec its owned global ids
-  (local id i is global id owned[i]) and the global->local map (unowned ids -> its <unk>)."""
+  """{'kind', 'sizes': real rows of each source's table, 'global_size'} and, for trim/spec,
+  'owned': each source's owned global ids (local id i is global id owned[i]): the ids its training
+  tokens use at least min_count times, plus <unk> (or EOS without one) and EOS. A resumed run
+  keeps the ones it recorded."""
   kind = VOCAB_KINDS[variant]
   if kind == "own":
     return {"kind": kind, "sizes": [toks[n].vocab_size for n in names]}
