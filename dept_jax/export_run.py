@@ -1,10 +1,11 @@
 """From a trained run to one source's complete model: Hugging Face export and text generation.
 
-Which table a source's model uses follows the variant:
-  std, glob   the global table, global tokenizer
-  trim        the source's rows scattered back into the global table, global tokenizer
-  spec        the private table scattered into the global vocabulary (rows it never saw are zero)
-  spec_opt    the private table and the source's own tokenizer
+Which table a source's model uses follows the variant's export rule (variants.py):
+  global_table      the global table, global tokenizer (std, glob)
+  rows_into_global  the source's rows scattered back into the global table, global tokenizer (trim)
+  rows_into_zeros   the private table scattered into the global vocabulary (rows it never saw are
+                    zero; spec)
+  own_table         the private table and the source's own tokenizer (spec_opt)
 
 TRIM and SPEC trained a softmax over the source's own ids only; the export lists every other id in
 generation_config's suppress_tokens so Hugging Face sampling keeps to them too, and dept_jax's own
@@ -18,7 +19,7 @@ import os
 import jax
 import numpy as np
 
-from dept_jax import dept, experiment, generate, hf_export
+from dept_jax import dept, experiment, generate, hf_export, variants
 from dept_jax.config_lib import ConfigError
 
 
@@ -28,19 +29,19 @@ def source_model(exp, state, name: str):
     raise ConfigError(f"--source: unknown source '{name}'. This run's sources: "
                       f"{', '.join(exp.names)}.")
   k = exp.names.index(name)
-  variant = exp.config.variant
-  body, embed = dept.source_params(state, variant, exp.vocab, k, None)
+  rule = variants.get(exp.config.variant).export
+  body, embed = dept.source_params(state, exp.config.variant, exp.vocab, k, None)
   body, embed = jax.tree.map(np.asarray, jax.device_get((body, embed)))
   toks = exp.data.tokenizers
-  if variant == "spec_opt":
+  if rule == "own_table":
     return body, embed, exp.vocab.sizes[k], toks.get(name)
   G = exp.data.global_vocab_size
-  if variant in ("std", "glob"):
+  if rule == "global_table":
     return body, jax.tree.map(lambda t: t[:G], embed), G, toks.get("global")
   l2g = exp.data.local_to_global[k]
-  if variant == "trim":
+  if rule == "rows_into_global":
     base = jax.tree.map(np.asarray, jax.device_get(state["global"]["embed"]))
-  else:  # spec: no global table exists; rows this source never owned stay zero
+  else:  # rows_into_zeros: no global table exists; rows this source never owned stay zero
     base = jax.tree.map(lambda t: np.zeros((G,) + t.shape[1:], t.dtype), embed)
   return body, hf_export.scatter_to_global(embed, l2g, base), G, toks.get("global")
 
@@ -63,7 +64,7 @@ def export(workdir: str, source: str, out: str, step: int | None = None,
       final = json.load(f)["final"]
     evals = {k.split("/")[-1]: v for k, v in final.items() if k.startswith(f"eval/{source}/")}
   generation = None
-  if exp.config.variant in ("trim", "spec"):
+  if variants.get(exp.config.variant).trimmed:
     owned = set(_owned_ids(exp, exp.names.index(source)).tolist())
     generation = {"suppress_tokens": [i for i in range(vocab_size) if i not in owned]}
   info = hf_export.export_source(
@@ -77,7 +78,7 @@ def export(workdir: str, source: str, out: str, step: int | None = None,
 
 
 def _owned_ids(exp, k: int) -> np.ndarray:
-  """TRIM/SPEC: the global ids source k's table covers, in local id order."""
+  """A trimmed vocabulary (TRIM/SPEC): the global ids source k's table covers, in local id order."""
   return exp.data.local_to_global[k, :exp.vocab.sizes[k]]
 
 
@@ -89,7 +90,7 @@ def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_
   sp = spm.SentencePieceProcessor(model_file=_need_tokenizer(tok, workdir))
   ids = sp.encode(prompt) or [sp.eos_id()]
   to_global = None
-  if exp.config.variant in ("trim", "spec"):
+  if variants.get(exp.config.variant).trimmed:
     # Sample from the softmax the source trained: its local table over its own ids.
     k = exp.names.index(source)
     to_global = _owned_ids(exp, k)
