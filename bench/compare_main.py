@@ -8,9 +8,16 @@ For each config and variant, the reference code runs first: it builds its initia
 the parameters, and trains `--steps` steps with the real trainer (log every step). This checkout
 then starts from exactly those parameters (injected into its own fresh state) and trains the same
 steps on the same data (the demo reuses the reference run's tokenizers). Each per-source training
-loss of every step is compared; `max_abs_diff` is the largest difference over all of them. The
-reference and this checkout run in separate processes with their own PYTHONPATH; the data code is
-the one in each checkout (identical here: the comparison is meant for changes to the core).
+loss of every step is compared; `max_abs_diff` is the largest difference over all of them, and
+`first_step_differing` the first step whose losses are not bit for bit equal. The reference and
+this checkout run in separate processes with their own PYTHONPATH; the data code is the one in
+each checkout (identical here: the comparison is meant for changes to the core).
+
+--patched also runs the reference with only the two numerical changes issue 11 asks for, made by
+`patch_reference` below (no vmap of one around the slot loop on a single slice; FedAvg assigns
+the body's weighted mean sum(w x) / sum(w) instead of g - (g - mean)), and compares it with both:
+reference vs patched shows what those changes alone do to the losses (rounding that Adam and 100
+steps amplify), patched vs this checkout what the rest of the refactor does.
 Writes bench/results/compare_main.json.
 """
 from __future__ import annotations
@@ -98,6 +105,39 @@ def _run(code, config, workdir, steps, params_flag, params_path):
   return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def patch_reference(base: str, out: str) -> str:
+  """A copy of the reference code with issue 11's two numerical changes and nothing else."""
+  shutil.rmtree(out, ignore_errors=True)
+  shutil.copytree(base, out)
+  path = os.path.join(out, "dept_jax", "dept.py")
+  src = open(path).read()
+  edits = [
+      ("    split = lambda x: x.reshape((n_slices, per_slice) + x.shape[1:])",
+       "    if n_slices == 1:  # issue 11: no vmap over one slice\n"
+       "      return jax.lax.map(lambda b: fn(*b), args)\n"
+       "    split = lambda x: x.reshape((n_slices, per_slice) + x.shape[1:])"),
+      ('    new_global = {"body": glob["body"] if config.freeze_body else\n'
+       '                  optax.apply_updates(glob["body"], updates["body"])}',
+       '    new_global = {"body": glob["body"] if config.freeze_body else\n'
+       '                  optax.apply_updates(glob["body"], updates["body"])}\n'
+       '    if config.outer.optimizer == "fedavg" and not config.freeze_body:  # issue 11: the mean\n'
+       '      new_global["body"] = jax.tree.map(\n'
+       '          lambda x: jnp.tensordot(weights_S.astype(x.dtype), x, axes=1)\n'
+       '          / weights_S.sum().astype(x.dtype), params["body"])'),
+  ]
+  for old, new in edits:
+    if src.count(old) != 1:
+      raise RuntimeError(f"patch_reference: {old!r} not found once in {path}")
+    src = src.replace(old, new)
+  open(path, "w").write(src)
+  return out
+
+
+def _first_differing(a, b):
+  steps = sorted({s for s, _ in a})
+  return next((s for s in steps if any(a[k] != b[k] for k in a if k[0] == s)), None)
+
+
 def _losses(workdir):
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   return {(r["step"], k): v for r in rows for k, v in r.items()
@@ -106,28 +146,44 @@ def _losses(workdir):
           if k.startswith("eval/") and k.endswith("/loss")}
 
 
-def compare(base, name, variant, steps, scratch):
+def _diff(a, b, a_eval, b_eval):
+  if set(a) != set(b):
+    raise RuntimeError("logged losses differ in keys")
+  worst = max(a, key=lambda k: abs(a[k] - b[k]))
+  return {"max_abs_diff": abs(a[worst] - b[worst]), "losses_compared": len(a),
+          "worst": {"step": worst[0], "key": worst[1], "a": a[worst], "b": b[worst]},
+          "first_step_differing": _first_differing(a, b),
+          "max_abs_diff_eval_loss": max((abs(a_eval[k] - b_eval[k]) for k in a_eval),
+                                        default=None)}
+
+
+def compare(base, name, variant, steps, scratch, mine_code=ROOT, patched=None):
   config = CONFIGS[name].format(variant=variant)
-  ref_dir, mine_dir = (os.path.join(scratch, f"{name}_{variant}_{w}") for w in ("base", "mine"))
-  for d in (ref_dir, mine_dir):
+  runs = {"base": base, "mine": mine_code}
+  if patched:
+    runs["patched"] = patched
+  dirs = {w: os.path.join(scratch, f"{name}_{variant}_{w}") for w in runs}
+  for d in dirs.values():
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
   params = os.path.join(scratch, f"{name}_{variant}_params.npz")
-  t_ref = _run(base, config, ref_dir, steps, "--save_params", params)
-  if os.path.isdir(os.path.join(ref_dir, "tokenizers")):  # same tokenizers, so the same data
-    shutil.copytree(os.path.join(ref_dir, "tokenizers"), os.path.join(mine_dir, "tokenizers"))
-  t_mine = _run(ROOT, config, mine_dir, steps, "--load_params", params)
-  (ref, ref_eval), (mine, mine_eval) = _losses(ref_dir), _losses(mine_dir)
-  if set(ref) != set(mine):
-    raise RuntimeError(f"{name}/{variant}: logged losses differ in keys")
-  diffs = [abs(ref[k] - mine[k]) for k in ref]
-  worst = max(ref, key=lambda k: abs(ref[k] - mine[k]))
-  eval_diff = max((abs(ref_eval[k] - mine_eval[k]) for k in ref_eval), default=None)
-  return {"config": name, "variant": variant, "steps": steps, "losses_compared": len(diffs),
-          "max_abs_diff": max(diffs), "worst": {"step": worst[0], "key": worst[1],
-                                                "base": ref[worst], "mine": mine[worst]},
-          "max_abs_diff_eval_loss": eval_diff, "seconds_base": t_ref, "seconds_mine": t_mine,
-          "first_loss": {k: v for (s, k), v in mine.items() if s == 1}}
+  seconds = {"base": _run(base, config, dirs["base"], steps, "--save_params", params)}
+  for w in runs:
+    if w == "base":
+      continue
+    if os.path.isdir(os.path.join(dirs["base"], "tokenizers")):  # same tokenizers: same data
+      shutil.copytree(os.path.join(dirs["base"], "tokenizers"), os.path.join(dirs[w], "tokenizers"))
+    seconds[w] = _run(runs[w], config, dirs[w], steps, "--load_params", params)
+  got = {w: _losses(d) for w, d in dirs.items()}
+  out = {"config": name, "variant": variant, "steps": steps, "seconds": seconds,
+         **_diff(got["base"][0], got["mine"][0], got["base"][1], got["mine"][1])}
+  if patched:
+    out["base_vs_patched"] = _diff(got["base"][0], got["patched"][0], got["base"][1],
+                                   got["patched"][1])
+    out["patched_vs_mine"] = _diff(got["patched"][0], got["mine"][0], got["patched"][1],
+                                   got["mine"][1])
+  out["first_loss"] = {k: v for (s, k), v in got["mine"][0].items() if s == 1}
+  return out
 
 
 def main():
@@ -144,21 +200,29 @@ def main():
   ap.add_argument("--steps", type=int, default=100)
   ap.add_argument("--scratch", default="/tmp/dept_jax_compare")
   ap.add_argument("--tolerance", type=float, default=1e-5)
+  ap.add_argument("--noise", action="store_true",
+                  help="run the reference code against itself instead (the noise floor)")
+  ap.add_argument("--patched", action="store_true",
+                  help="also run the reference with only issue 11's numerical changes")
   ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/compare_main.json"))
   args = ap.parse_args()
   if args.child:
     return _child(args)
   base = os.path.abspath(args.base)
+  patched = patch_reference(base, os.path.join(args.scratch, "patched_code")) if args.patched \
+      else None
   rows = []
   for name in args.configs.split(","):
     for variant in args.variants.split(","):
-      r = compare(base, name, variant, args.steps, args.scratch)
+      r = compare(base, name, variant, args.steps, args.scratch,
+                  mine_code=base if args.noise else ROOT, patched=patched)
       r["within_tolerance"] = r["max_abs_diff"] <= args.tolerance
       print(json.dumps(r), flush=True)
       rows.append(r)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"date": datetime.date.today().isoformat(), "base": base,
+               "compared": base if args.noise else ROOT,
                "command": "python " + " ".join(sys.argv), "tolerance": args.tolerance,
                "all_within_tolerance": all(r["within_tolerance"] for r in rows), "rows": rows},
               f, indent=1)

@@ -135,6 +135,16 @@ class Program(NamedTuple):
   layout: Layout
 
 
+def _on_slices(fn, mesh, in_specs, out_specs):
+  """fn run by every source slice on its own share of the arguments (jax.shard_map over `source`).
+  The axes inside a slice stay automatic (XLA partitions data/fsdp/tensor as under plain jit);
+  when a slice is a single device they are manual too, which changes nothing but spares the
+  partitioner, and then the step compiles to exactly what a plain jit of it would."""
+  one_device = all(mesh.shape[a] == 1 for a in mesh.axis_names if a != "source")
+  manual = set(mesh.axis_names) if one_device else {"source"}
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual)
+
+
 def _stack(tree, n):
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
 
@@ -234,9 +244,8 @@ def begin_round_on_slice(slots, global_, bank, slot_sources_S, lay: Layout):
 
 
 def begin_round(state, slot_sources_S, *, lay: Layout, mesh):
-  on_slices = jax.shard_map(functools.partial(begin_round_on_slice, lay=lay), mesh=mesh,
-                            in_specs=(PER_SLICE, SAME, PER_SLICE, SAME), out_specs=PER_SLICE,
-                            axis_names={"source"})
+  on_slices = _on_slices(functools.partial(begin_round_on_slice, lay=lay), mesh,
+                         in_specs=(PER_SLICE, SAME, PER_SLICE, SAME), out_specs=PER_SLICE)
   slots = on_slices(state["slots"], state["global"], state.get("bank", {}), slot_sources_S)
   return dict(state, slots=slots)
 
@@ -292,9 +301,8 @@ def local_step(state, batch, *, lay: Layout, mesh):
   gradient is not finite keeps its previous params and moments and counts the skip in its own
   `skipped` entry; the trainer decides whether to stop.
   """
-  on_slices = jax.shard_map(functools.partial(local_step_on_slice, lay=lay), mesh=mesh,
-                            in_specs=(PER_SLICE, SAME, PER_SLICE),
-                            out_specs=(PER_SLICE, PER_SLICE), axis_names={"source"})
+  on_slices = _on_slices(functools.partial(local_step_on_slice, lay=lay), mesh,
+                         in_specs=(PER_SLICE, SAME, PER_SLICE), out_specs=(PER_SLICE, PER_SLICE))
   lr = lay.schedule(state["step"])
   slots, metrics = on_slices(state["slots"], lr, batch)
   skipped = state["skipped"] + (~metrics["finite"]).astype(jnp.int32)
@@ -350,10 +358,9 @@ def outer_step_on_slice(slots, global_, outer_opt, bank, slot_sources_S, weights
 
 
 def outer_step(state, slot_sources_S, weights_S, *, lay: Layout, mesh):
-  on_slices = jax.shard_map(
-      functools.partial(outer_step_on_slice, lay=lay), mesh=mesh,
-      in_specs=(PER_SLICE, SAME, SAME, PER_SLICE, SAME, SAME),
-      out_specs=(SAME, SAME, PER_SLICE, SAME), axis_names={"source"})
+  on_slices = _on_slices(functools.partial(outer_step_on_slice, lay=lay), mesh,
+                         in_specs=(PER_SLICE, SAME, SAME, PER_SLICE, SAME, SAME),
+                         out_specs=(SAME, SAME, PER_SLICE, SAME))
   new_global, outer_opt, bank, metrics = on_slices(
       state["slots"], state["global"], state["outer_opt"], state.get("bank", {}), slot_sources_S,
       weights_S)
