@@ -62,6 +62,7 @@ def measure(code: str, name: str, variant: str, per_round: int) -> dict:
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--base", default="")
+  ap.add_argument("--base_label", default="d095785", help="how the tables name the --base code")
   ap.add_argument("--child", default="")
   ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/bank_traffic.json"))
   args = ap.parse_args()
@@ -79,7 +80,7 @@ def main():
                             "--child", f"{name},{variant},{per_round}"],
                            capture_output=True, text=True, check=True, cwd=args.base,
                            env=dict(os.environ, PYTHONPATH=args.base))
-      row = {"code": args.base, **json.loads(out.stdout.strip().splitlines()[-1])}
+      row = {"code": args.base_label, **json.loads(out.stdout.strip().splitlines()[-1])}
       print(json.dumps(row), flush=True)
       rows.append(row)
   with open(args.out, "w") as f:

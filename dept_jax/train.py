@@ -171,9 +171,9 @@ def train(config, workdir: str) -> dict:
       rnd = step // N
       slot_sources = exp.slot_sources(rnd)
       round_end = not mixture and (step + 1) % N == 0
+      if not mixture and round_fns is None:  # also when resuming in the middle of a round
+        round_fns = _compile_round(exp, slot_sources)
       if not mixture and step % N == 0:
-        if round_fns is None:
-          round_fns = _compile_round(exp, slot_sources)
         state = round_fns[0](state, slot_sources)
       batch = to_device(next_batch(exp, slot_sources), batch_sh)
       state, m = prog.local_step(state, batch)

@@ -53,7 +53,7 @@ class TableRule(NamedTuple):
   outer_mean: Callable | None = None
 
 
-def _rows_of(global_table, l2g_T):
+def rows_of(global_table, l2g_T):
   """A source's rows of the global table in its local id order; padding ids (== rows of the global
   table) are out of range, so take() fills zeros (a negative index would wrap around)."""
   return jax.tree.map(lambda t: jnp.take(t, l2g_T, axis=0, mode="fill", fill_value=0), global_table)
@@ -65,7 +65,7 @@ def _shared_init(cfg, key, lay):
 
 def _shared_round_start(global_table, kept, sources_S, lay):
   del kept
-  return jax.vmap(lambda k: _rows_of(global_table, lay.local_to_global[k]))(sources_S)
+  return jax.vmap(lambda k: rows_of(global_table, lay.local_to_global[k]))(sources_S)
 
 
 def _shared_contribution(local_SxT, sources_S, weights_S, lay):
