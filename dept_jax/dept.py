@@ -55,7 +55,8 @@ def _on_slices(fn, mesh, in_specs, out_specs):
   """fn run by every source slice on its own share of the arguments (jax.shard_map over `source`).
   The axes inside a slice stay automatic (XLA partitions data/fsdp/tensor as under plain jit);
   when a slice is a single device they are manual too, which changes nothing but spares the
-  partitioner, and then the step compiles to exactly what a plain jit of it would."""
+  partitioner: the step then computes bit for bit what a plain jit of it does (partial-auto
+  shard_map on one CPU device changed the last bits of the gradients)."""
   one_device = all(mesh.shape[a] == 1 for a in mesh.axis_names if a != "source")
   manual = set(mesh.axis_names) if one_device else {"source"}
   return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, axis_names=manual)
