@@ -213,7 +213,7 @@ def outer_step_on_slice(slots, global_, outer_opt, bank, slot_sources_S, weights
   if table.in_global:
     contribution["embed"] = table.outer_contribution(params["embed"], mine, w_mine, lay)
   summed = jax.lax.psum(contribution, "source")  # <- every byte that crosses `source`
-  total = weights_S.sum()
+  total = weights_S.sum()  # = psum of each slice's weights: every slice holds all of them
   mean = {"body": jax.tree.map(lambda s: s / total.astype(s.dtype), summed["body"])}
   owned = None
   if table.in_global:

@@ -19,9 +19,9 @@ A variant is:
                 "rows_into_zeros"   the source's rows in a zero global table (rows it never saw)
                 "own_table"         its own table and its own tokenizer
 
-Table rules run on one `source` slice inside dept's shard_map: none of them communicates. The
-outer step sums what `outer_contribution` returns over `source` (its one psum) and hands the sum to
-`outer_mean`.
+A table rule's round_start and outer functions run on one `source` slice inside dept's
+shard_map, and none of them communicates: the outer step sums what `outer_contribution` returns
+over `source` (its one psum) and hands the sum to `outer_mean`.
 """
 from __future__ import annotations
 
