@@ -1,6 +1,6 @@
-"""Render bench/results/*.json (step_speed, dept_vs_plain, profile_step, comm_memory, scaling)
-into bench/RESULTS.md, between the markers below; every other section of RESULTS.md (e.g. the data
-pipeline's) is left as is.
+"""Render bench/results/*.json (step_speed, dept_vs_plain, profile_step, comm_memory, scaling; and
+for the core: core_speed, bank_traffic, compare_main) into bench/RESULTS.md, between the markers
+below; every other section of RESULTS.md (e.g. the data pipeline's) is left as is.
 
   python bench/write_results.py
 """
@@ -12,6 +12,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 BEGIN, END = "<!-- speed-comm-memory-scaling:begin -->", "<!-- speed-comm-memory-scaling:end -->"
+CORE_BEGIN, CORE_END = "<!-- core:begin -->", "<!-- core:end -->"
 
 
 def load(name):
@@ -199,6 +200,99 @@ def scaling_section(d):
   return out
 
 
+def core_speed_section(d):
+  st, tr = d["steps"], d["trainer"]
+  K = st["sources"]
+  med, best = st["median"], st["best"]
+  out = ["## Steps and trainer, side by side (bench/core_speed.py)", "", f"    {d['command']}", "",
+         f"{d['date']}, jax {d['jax']}, {d['cpus']}-core x86_64 CPU shared with other jobs (load "
+         f"{st['load_avg_1min'][0]:.1f}-{st['load_avg_1min'][1]:.1f} while the steps ran, "
+         f"{tr['load_avg_1min']:.1f} after the trainer); no GPU. {st['repeats']} interleaved "
+         f"blocks of {st['steps_per_block']} steps per candidate; `median` is the median block, "
+         "`best` the fastest (the least disturbed by the other jobs). MFU against the f32 "
+         f"2048^3 matmul timed as one more candidate ({med['peak_gflops']:.0f} GFLOP/s median, "
+         f"{best['peak_gflops']:.0f} best). Model {st['model']}: d_model {st['d_model']}, "
+         f"{st['n_layers']} layers, vocab {st['vocab_rows']}, batch {st['batch']} x "
+         f"{st['seq_len']} per source.", "",
+         "| candidate | step (ms), median / best | tokens/s, median / best | MFU, median / best |",
+         "|---|---|---|---|"]
+  for k in med["step_s"]:
+    out.append(f"| {k} | {med['step_s'][k] * 1e3:.1f} / {best['step_s'][k] * 1e3:.1f} | "
+               f"{med['tokens_per_s'][k]:,.0f} / {best['tokens_per_s'][k]:,.0f} | "
+               f"{100 * med['mfu'][k]:.1f}% / {100 * best['mfu'][k]:.1f}% |")
+  both = lambda key: f"{med[key]:.3f} / {best[key]:.3f}"
+  out += ["", "| ratio, same run | median / best | target |", "|---|---|---|",
+          f"| MFU: DEPT step, {K} sources on one device / plain step | "
+          f"{both(f'mfu_dept_{K}src_vs_plain')} | >= 0.95 |",
+          f"| MFU: DEPT step, {K} sources / the plain step on {K} separate models in turn | "
+          f"{both(f'mfu_dept_{K}src_vs_plain_{K}_models')} | |",
+          f"| MFU: DEPT step, 1 source / plain step | {both('mfu_dept_1src_vs_plain')} | |",
+          f"| tokens/s: plain JAX / torch eager | {both('jax_plain_vs_torch')} | >= 1.0 |",
+          f"| tokens/s: DEPT {K} sources / torch eager | {both(f'dept_{K}src_vs_torch')} | |",
+          "", f"Trainer on configs/demo.py ({tr['train_steps']} steps, {tr['sources']} sources, an "
+          f"outer step, eval and checkpoint every {tr['local_steps']} steps) with a block of the "
+          "bench step above (same shapes, same process) at every log, so each 10-step trainer "
+          "interval sits between two bench blocks:", "",
+          "| measure | tokens/s | / bench step |", "|---|---|---|",
+          f"| bench step (median block) | {tr['bench_step_tokens_per_s']:,.0f} | 1 |",
+          f"| trainer, logged tokens_per_sec (intervals without an outer step; ratio: median over "
+          f"intervals of interval / the blocks around it) | {tr['trainer_tokens_per_s']:,.0f} | "
+          f"{tr['trainer_vs_bench_step']:.3f} (target >= 0.95) |",
+          f"| trainer end to end, steps {tr['end_to_end_steps'][0]}-"
+          f"{tr['end_to_end_steps'][1]} (outer steps, evals, checkpoints included) | "
+          f"{tr['trainer_end_to_end_tokens_per_s']:,.0f} | {tr['end_to_end_vs_bench_step']:.3f} |"]
+  return out
+
+
+def bank_section(d):
+  out = ["## Bytes across `source` per round with banks (bench/bank_traffic.py)", "",
+         f"    {d['command']}", "",
+         f"{d['date']}. Fewer sources per round than sources, one fake CPU device per slot; bytes "
+         "of the collectives spanning `source` slices in the compiled begin_round and outer_step "
+         "(AOT), against the body's bytes and the payload the trainer logs. `this checkout`: each "
+         "slice keeps its own sources' banks and trains only those; the other rows are the code "
+         "before (d095785), whose bank gathers and scatters crossed slices.", "",
+         "| code | config | variant | sources / per round | body | begin_round | outer_step | "
+         "logged payload |", "|---|---|---|---|---|---|---|---|"]
+  for r in d["rows"]:
+    out.append(f"| {r['code']} | {r['config']} | {r['variant']} | {r['sources']} / "
+               f"{r['sources_per_round']} | {human(r['body_bytes'])} | "
+               f"{human(r['begin_round_bytes'])} | {human(r['outer_step_bytes'])} | "
+               f"{human(r['payload_bytes_logged'])} |")
+  return out
+
+
+def compare_section(d):
+  rows = d["rows"]
+  out = ["## Losses against the code before the refactor (bench/compare_main.py)", "",
+         f"    {d['command']}", "",
+         f"{d['date']}. The reference is d095785 (`git archive d095785 | tar -x -C /tmp/base`). "
+         "Both start from the reference's initial parameters and train the same data with the "
+         f"real trainer for {rows[0]['steps']} steps on one CPU device; every per-source "
+         "training loss of every step is compared. `patched` is the reference with only the two "
+         "numerical changes the issue asks for (no vmap of one around the slot loop; FedAvg "
+         "assigns sum(w x) / sum(w)), made by `patch_reference` in the script.", "",
+         "| config | variant | this vs d095785: max abs diff | first step not bit-equal | "
+         "d095785 vs patched | patched vs this | first step not bit-equal |",
+         "|---|---|---|---|---|---|---|"]
+  first = lambda x: "none" if x is None else str(x)
+  for r in rows:
+    bp, pm = r.get("base_vs_patched"), r.get("patched_vs_mine")
+    patched = (["", "", ""] if pm is None else
+               [f"{bp['max_abs_diff']:.2e}", f"{pm['max_abs_diff']:.2e}",
+                first(pm["first_step_differing"])])
+    out.append(f"| {r['config']} | {r['variant']} | {r['max_abs_diff']:.2e} | "
+               f"{first(r['first_step_differing'])} | " + " | ".join(patched) + " |")
+  return out
+
+
+def write_block(text, begin, end, block):
+  if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    return head + block + rest.split(end, 1)[1]
+  return text.rstrip() + "\n\n" + block + "\n"
+
+
 def main():
   parts = [BEGIN, ""]
   summary = os.path.join(ROOT, "bench", "results", "summary.md")
@@ -221,13 +315,20 @@ def main():
     with open(notes) as f:
       parts += [f.read().rstrip(), ""]
   parts.append(END)
-  block = "\n".join(parts)
   text = open(RESULTS).read() if os.path.exists(RESULTS) else "# Benchmark results\n"
-  if BEGIN in text and END in text:
-    head, rest = text.split(BEGIN, 1)
-    text = head + block + rest.split(END, 1)[1]
-  else:
-    text = text.rstrip() + "\n\n" + block + "\n"
+  text = write_block(text, BEGIN, END, "\n".join(parts))
+  core = [CORE_BEGIN, ""]
+  notes = os.path.join(ROOT, "bench", "results", "core_notes.md")
+  if os.path.exists(notes):
+    with open(notes) as f:
+      core += [f.read().rstrip(), ""]
+  for name, fn in (("core_speed", core_speed_section), ("bank_traffic", bank_section),
+                   ("compare_main", compare_section)):
+    d = load(name)
+    if d is not None:
+      core += fn(d) + [""]
+  core.append(CORE_END)
+  text = write_block(text, CORE_BEGIN, CORE_END, "\n".join(core))
   with open(RESULTS, "w") as f:
     f.write(text)
 

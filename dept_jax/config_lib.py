@@ -9,7 +9,6 @@ import math
 
 import ml_collections
 
-VARIANTS = ("std", "glob", "trim", "spec", "spec_opt")
 OUTER_OPTIMIZERS = ("fedavg", "nesterov")
 MESH_AXES = ("source", "data", "fsdp", "tensor")
 
@@ -96,12 +95,18 @@ def _fail(key: str, problem: str, fix: str):
   raise ConfigError(f"config.{key}: {problem}. Fix: {fix}.")
 
 
+def variant_names() -> tuple[str, ...]:
+  from dept_jax import variants  # local import: keep config loading light
+  return tuple(variants.VARIANTS)
+
+
 def resolve_variant(name: str) -> tuple[str, float | None]:
   """A variant or STD preset name -> (variant, the data.temperature it sets, or None)."""
   if name in STD_PRESETS:
     return "std", STD_PRESETS[name]
-  if name not in VARIANTS:
-    _fail("variant", f"unknown variant '{name}'", f"choose one of {VARIANTS + tuple(STD_PRESETS)}")
+  if name not in variant_names():
+    _fail("variant", f"unknown variant '{name}'",
+          f"choose one of {variant_names() + tuple(STD_PRESETS)}")
   return name, None
 
 
@@ -113,13 +118,23 @@ def set_variant(config, name: str):
   return config
 
 
+def _rules(config):
+  from dept_jax import variants
+  return variants.get(config.variant)
+
+
 def num_slots(config, n_sources: int) -> int:
   """How many sources train at once (the `source` mesh axis size)."""
-  if config.variant == "std":
+  if _rules(config).mixture:
     return 1
   if config.outer.sources_per_round:
     return config.outer.sources_per_round
   return n_sources
+
+
+def banked(config, n_sources: int) -> bool:
+  """Fewer slots than sources: each source's state waits in a bank while it sits a round out."""
+  return num_slots(config, n_sources) < n_sources
 
 
 def resolve_mesh_shape(config, n_devices: int, n_sources: int) -> dict:
@@ -128,13 +143,22 @@ def resolve_mesh_shape(config, n_devices: int, n_sources: int) -> dict:
     if axis not in MESH_AXES:
       _fail(f"mesh.{axis}", f"unknown mesh axis '{axis}'", f"use only {MESH_AXES}")
   slots = num_slots(config, n_sources)
+  # With a bank, every slice keeps an equal share of the sources (and trains only those), so the
+  # slice count must divide the sources too.
+  bank_sources = n_sources if banked(config, n_sources) else slots
   if shape["source"] == -1:
-    # As many source slices as fit: a divisor of both the slots and the devices. Several sources
-    # may share a slice (one laptop CPU runs all of them); they still never communicate.
-    shape["source"] = max(m for m in range(1, slots + 1) if slots % m == 0 and n_devices % m == 0)
+    # As many source slices as fit: a divisor of the slots, the banked sources and the devices.
+    # Several sources may share a slice (one laptop CPU runs all of them); they still never
+    # communicate.
+    shape["source"] = max(m for m in range(1, slots + 1)
+                          if slots % m == 0 and bank_sources % m == 0 and n_devices % m == 0)
   if shape["source"] <= 0 or slots % shape["source"]:
     _fail("mesh.source", f"{shape['source']} source slices cannot split the {slots} sources "
           "that train per round", "leave mesh.source=-1, or use a divisor of the sources per round")
+  if bank_sources % shape["source"]:
+    _fail("mesh.source", f"{shape['source']} source slices cannot each keep an equal share of "
+          f"the {n_sources} sources' banks", f"leave mesh.source=-1, or use a divisor of both "
+          f"{slots} and {n_sources}")
   fixed = 1
   for axis in MESH_AXES:
     if shape[axis] != -1:
@@ -172,12 +196,13 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
   for key, v in _float_leaves(config):
     if not math.isfinite(v):
       _fail(key, f"{v} is not a finite number", "set a finite value")
-  if config.variant not in VARIANTS:
-    _fail("variant", f"unknown variant '{config.variant}'", f"choose one of {VARIANTS}")
+  if config.variant not in variant_names():
+    _fail("variant", f"unknown variant '{config.variant}'", f"choose one of {variant_names()}")
   for key in ("steps", "local_steps", "batch_size", "seq_len"):
     if int(config[key]) <= 0:
       _fail(key, f"must be positive, got {config[key]}", "set a positive integer")
-  if config.variant != "std" and config.steps % config.local_steps:
+  mixture = _rules(config).mixture
+  if not mixture and config.steps % config.local_steps:
     _fail("local_steps", f"steps={config.steps} is not a whole number of rounds of "
           f"local_steps={config.local_steps}", "make steps a multiple of local_steps")
   m = config.model
@@ -240,7 +265,7 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
           f"use 0 (all) or at most the {n_sources} sources")
   mesh = resolve_mesh_shape(config, n_devices, n_sources)
   per_slice = mesh["data"] * mesh["fsdp"]
-  batch = config.batch_size * (n_sources if config.variant == "std" else 1)
+  batch = config.batch_size * (n_sources if mixture else 1)
   if batch % per_slice:
     key = "batch_size"
     _fail(key, f"batch {batch} per source slice is not divisible by data*fsdp={per_slice}",

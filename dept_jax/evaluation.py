@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dept_jax import dept, metrics_io, model
+from dept_jax import dept, metrics_io, model, variants
 from dept_jax.mesh import fitted_shardings
 
 
@@ -62,8 +62,10 @@ class Evaluator:
 
   def __init__(self, exp):
     self.exp = exp
-    # Each source sizes its own eval set (text: the same held-out bytes for every tokenizer).
-    self.batches = (exp.data.global_eval_batches if exp.config.variant == "std"
+    self.one_model = variants.get(exp.config.variant).eval_model == "mixture"
+    # Each source sizes its own eval set (text: the same held-out bytes for every tokenizer); the
+    # mixture model reads every source's held-out text in global ids.
+    self.batches = (exp.data.global_eval_batches if self.one_model
                     else [s.eval_batches for s in exp.data.sources])
     self.history = []
 
@@ -71,8 +73,7 @@ class Evaluator:
     """One source's model spread over the whole mesh by the training layout (embed dim over fsdp,
     heads/mlp/vocab over tensor), not copied onto every device: it fits wherever training did."""
     cfg = self.exp.config.model
-    axes = {"body": model.axes_from_spec(model.body_spec(cfg)),
-            "embed": model.axes_from_spec(model.embed_spec(cfg, embed["table"].shape[0]))}
+    axes = {"body": model.body_axes(cfg), "embed": model.embed_axes(cfg, embed["table"].shape[0])}
     sh = fitted_shardings(self.exp.mesh, axes, {"body": body, "embed": embed})
     return sh["body"], sh["embed"]
 
@@ -90,7 +91,7 @@ class Evaluator:
         slot = int(where[0])
       body, embed = dept.source_params(state, c.variant, exp.vocab, k, slot)
       body, embed = jax.device_put((body, embed), self._shardings(body, embed))
-      vocab_size = exp.vocab.sizes[0] if c.variant == "std" else exp.vocab.sizes[k]
+      vocab_size = exp.vocab.sizes[0] if self.one_model else exp.vocab.sizes[k]
       res = evaluate_source(body, embed, vocab_size, c.model, self.batches[k])
       for key in ("loss", "perplexity", "bits_per_byte", "unowned_rate"):
         if key in res:

@@ -9,7 +9,7 @@ import grain
 import jax
 import numpy as np
 
-from dept_jax import config_lib, dept
+from dept_jax import config_lib, dept, variants
 from dept_jax.data import DataBundle, build_data, feed, temperature_probs
 from dept_jax.mesh import make_mesh
 
@@ -28,15 +28,16 @@ class Experiment:
   def num_sources(self) -> int:
     return len(self.names)
 
+  @property
+  def rules(self) -> variants.Variant:
+    return variants.get(self.config.variant)
+
   def slot_sources(self, round_index: int) -> np.ndarray:
     """S_t: which source each slot trains in this round (all sources, or a seeded random subset)."""
-    K, S = self.num_sources, self.program.slots
-    if self.config.variant == "std":
+    if self.rules.mixture:
       return np.zeros((1,), np.int32)
-    if S == K:
-      return np.arange(K, dtype=np.int32)
-    rng = np.random.default_rng([self.config.seed, 104729, round_index])
-    return np.sort(rng.choice(K, size=S, replace=False)).astype(np.int32)
+    lay = self.program.layout
+    return dept.round_sources(round_index, self.config.seed, lay.sources, lay.slots, lay.slices)
 
   def outer_weights(self, slot_sources) -> np.ndarray:
     if self.config.outer.weighting == "tokens":
@@ -46,7 +47,7 @@ class Experiment:
   def global_batch_shape(self) -> tuple[int, int]:
     """(slots, rows per slot) of a step's batch; STD's one slot holds every source's share."""
     c = self.config
-    return self.program.slots, c.batch_size * (self.num_sources if c.variant == "std" else 1)
+    return self.program.slots, c.batch_size * (self.num_sources if self.rules.mixture else 1)
 
   def host_batch(self, step: int) -> dict:
     """This host's block of step `step`'s batch (numpy); it depends only on the step."""
@@ -54,7 +55,7 @@ class Experiment:
       c = self.config
       S, B = self.global_batch_shape()
       box = feed.host_box(self.program.batch_shardings["inputs"], (S, B, c.seq_len))
-      if c.variant == "std":
+      if self.rules.mixture:
         self._batch_fn = functools.partial(feed.mixture_batch, std_mixture(self.data, c),
                                            self.vocab.sizes[0], B, box)
       else:
@@ -102,9 +103,10 @@ def _with_source(k, window):
 
 def vocab_for(variant: str, data: DataBundle) -> dept.Vocab:
   sizes = tuple(int(s.vocab_size) for s in data.sources)
-  if variant == "std":
+  rules = variants.get(variant)
+  if rules.mixture:
     return dept.Vocab((int(data.global_vocab_size),), None, data.global_vocab_size)
-  if variant in dept.SHARED_TABLE_VARIANTS:
+  if rules.table.in_global:
     return dept.Vocab(sizes, data.local_to_global, data.global_vocab_size)
   return dept.Vocab(sizes)
 
@@ -120,9 +122,10 @@ def setup(config, workdir: str | None, devices=None, training: bool = True) -> E
         f"config.data.num_sources is {config.data.num_sources} but the data has "
         f"{len(data.sources)} sources ({', '.join(data.names)}). Fix: set data.num_sources="
         f"{len(data.sources)}.")
-  if config.variant == "std" and data.global_windows is None:
-    raise config_lib.ConfigError("variant std needs the sources in global-tokenizer ids; this "
-                                 "data kind does not provide them. Fix: use another variant.")
+  if variants.get(config.variant).mixture and data.global_windows is None:
+    raise config_lib.ConfigError(f"variant {config.variant} needs the sources in global-tokenizer "
+                                 "ids; this data kind does not provide them. Fix: use another "
+                                 "variant.")
   shape = config_lib.validate(config, len(devices), len(data.sources))
   mesh = make_mesh(shape, devices)
   vocab = vocab_for(config.variant, data)
@@ -133,18 +136,19 @@ def setup(config, workdir: str | None, devices=None, training: bool = True) -> E
 def abstract_vocab(config) -> dept.Vocab:
   """Vocabulary shapes from the config alone, for AOT checks of presets whose data is elsewhere."""
   K, G = config.data.num_sources, config.data.vocab_size
-  if config.variant == "std":
+  rules = variants.get(config.variant)
+  if rules.mixture:
     return dept.Vocab((G,), None, G)
-  if config.variant == "spec_opt":
+  if rules.vocabulary == "own":
     return dept.Vocab((config.data.source_vocab_size,) * K)
-  if config.variant in dept.SHARED_TABLE_VARIANTS:
+  if rules.table.in_global:
     return dept.Vocab((G,) * K, np.tile(np.arange(G, dtype=np.int32), (K, 1)), G)
   return dept.Vocab((G,) * K)
 
 
 def abstract_batch(config, program) -> dict:
   S = program.slots
-  B = config.batch_size * (config.data.num_sources if config.variant == "std" else 1)
+  B = config.batch_size * (config.data.num_sources if variants.get(config.variant).mixture else 1)
   L = config.seq_len
   sds = lambda name, *shape: jax.ShapeDtypeStruct(shape, np.int32,
                                                   sharding=program.batch_shardings[name])

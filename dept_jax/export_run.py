@@ -1,12 +1,12 @@
 """From a trained run to one source's complete model: Hugging Face export and text generation.
 
-Which table and vocabulary a source's model has follows the variant:
-  std, glob   the global table, the global tokenizer
-  trim, spec  the source's own table (TRIM: its rows of the global table; SPEC: its private
-              table) and the global tokenizer restricted to the pieces that table covers, so the
-              ids it never trained on exist for no consumer (transformers, vLLM, ...: they read
-              only the weights and tokenizer.json)
-  spec_opt    the private table and the source's own tokenizer
+Which table and vocabulary a source's model has follows the variant's export rule (variants.py):
+  global  the global tokenizer and the source's table over it (std, glob: the global table)
+  owned   the source's own table (TRIM: its rows of the global table; SPEC: its private table)
+          and the global tokenizer restricted to the pieces that table covers, so the ids it
+          never trained on exist for no consumer (transformers, vLLM, ...: they read only the
+          weights and tokenizer.json)
+  own     the private table and the source's own tokenizer (spec_opt)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from dept_jax import dept, experiment, generate, hf_export
+from dept_jax import dept, experiment, generate, hf_export, variants
 from dept_jax.config_lib import ConfigError
 
 
@@ -38,16 +38,16 @@ def source_model(exp, state, name: str) -> SourceModel:
     raise ConfigError(f"--source: unknown source '{name}'. This run's sources: "
                       f"{', '.join(exp.names)}.")
   k = exp.names.index(name)
-  variant = exp.config.variant
-  body, embed = dept.source_params(state, variant, exp.vocab, k, None)
+  rule = variants.get(exp.config.variant).export
+  body, embed = dept.source_params(state, exp.config.variant, exp.vocab, k, None)
   body, embed = jax.tree.map(np.asarray, jax.device_get((body, embed)))
   toks = exp.data.tokenizers
-  if variant == "spec_opt":
+  if rule == "own":
     return SourceModel(body, embed, exp.vocab.sizes[k], toks.get(name))
-  if variant in ("std", "glob"):
+  if rule == "global":
     G = exp.data.global_vocab_size
     return SourceModel(body, jax.tree.map(lambda t: t[:G], embed), G, toks.get(name))
-  V = exp.vocab.sizes[k]  # trim, spec: the source's own rows
+  V = exp.vocab.sizes[k]  # owned: the source's own rows
   return SourceModel(body, jax.tree.map(lambda t: t[:V], embed), V, toks.get(name),
                      _owned_ids(exp, k))
 
@@ -81,7 +81,7 @@ def export(workdir: str, source: str, out: str, step: int | None = None,
 
 
 def _owned_ids(exp, k: int) -> np.ndarray:
-  """TRIM/SPEC: the global ids source k's table covers, in local id order."""
+  """A trimmed vocabulary (TRIM/SPEC): the global ids source k's table covers, in local id order."""
   return exp.data.local_to_global[k, :exp.vocab.sizes[k]]
 
 

@@ -4,7 +4,7 @@
              top_k=..., top_p=..., seed=..., eos_id=..., use_cache=True) -> new token ids
 
 With `use_cache` the prompt is run once (prefill) into a per-layer KV cache and every new token is
-one jitted step that appends its keys/values at its position (`model.block`'s cache path); the whole
+one jitted step that appends its keys/values at its position (`model.Block`'s cache path); the whole
 decode loop is a `lax.while_loop` inside one jitted function, so it stops on device at EOS or after
 `max_new_tokens`. Without the cache every step re-runs `model.forward` over the whole (padded)
 sequence: slow, but the reference the cache is tested against.
@@ -79,15 +79,7 @@ def init_kv_cache(cfg, batch: int, max_len: int):
 def forward_with_cache(body, embed, tokens_BxL, offset, cache, cfg):
   """Run tokens at positions offset.. through the body, writing their keys/values into `cache`.
   Returns (final-normed hidden states [B, L, D], new cache)."""
-  x = model.embed_tokens(embed, tokens_BxL, cfg)
-  cos, sin = model.rope_tables(tokens_BxL.shape[1], model.head_dim(cfg), cfg.rope_theta, offset)
-
-  def layer(x, p_and_c):
-    p, c = p_and_c
-    return model.block(x, p, cfg, cos, sin, kv_cache=c, offset=offset)
-
-  x, cache = jax.lax.scan(layer, x, (body["blocks"], cache))
-  return model.rms_norm(x, body["final_norm"], cfg.norm_eps), cache
+  return model.body_with_cache(body, model.embed_tokens(embed, tokens_BxL, cfg), offset, cache, cfg)
 
 
 def _logits_at(embed, h_BxLxD, pos, vocab_size, cfg):

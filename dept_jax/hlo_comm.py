@@ -1,4 +1,5 @@
-"""Read collectives out of compiled HLO text: which cross `source` slices, and how many bytes.
+"""Read collectives out of compiled HLO text (which cross `source` slices, and how many bytes) and
+out of traced jaxprs (which collectives the code itself names).
 
 This is how the tests prove a local step never talks across sources and how the trainer reports
 `comm/outer_bytes`: from what XLA will actually run, not from a formula.
@@ -81,3 +82,33 @@ def cross_source_bytes(hlo_text: str, mesh) -> int:
   n = mesh.devices.size
   per_source = n // mesh.shape["source"]
   return sum(c["bytes"] for c in collectives(hlo_text, n, per_source) if c["crosses_source"])
+
+
+# Primitives that name a mesh axis without moving data: a type cast to "varies along the axis",
+# and the slice's own index.
+_NOT_COMMUNICATION = ("pvary", "axis_index")
+
+
+def jaxpr_collectives(closed_jaxpr, axis: str) -> list[str]:
+  """Names of the communicating primitives over mesh axis `axis` in a traced program (shard_map
+  bodies, scans and nested jits included): what the code asked for, before XLA compiles it."""
+  from jax.extend.core import jaxprs_in_params
+
+  def names_axis(params) -> bool:
+    for key in ("axes", "axis_name"):
+      value = params.get(key)
+      value = value if isinstance(value, (tuple, list)) else (value,)
+      if axis in value:
+        return True
+    return False
+
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name not in _NOT_COMMUNICATION and names_axis(eqn.params):
+        found.append(eqn.primitive.name)
+      for sub in jaxprs_in_params(eqn.params):
+        walk(sub)
+  walk(closed_jaxpr.jaxpr)
+  return found

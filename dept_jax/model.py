@@ -1,16 +1,25 @@
-"""Llama-style decoder as pure functions of two pytrees: a shared body and a per-source embedding.
+"""Llama-style decoder as Flax linen modules whose parameters are two plain pytrees: a shared body
+and a per-source embedding.
 
-body = {'blocks': {name: [n_layers, ...]}, 'final_norm': [d_model]}   (layers stacked for scan)
+body = {'blocks': {name: [n_layers, ...]}, 'final_norm': [d_model]}   (layers stacked by nn.scan)
 embed = {'table': [vocab, d_model]} plus {'head': [vocab, d_model]} when untied.
+
+The modules (`Block`, `Body`, `Embed`) declare every parameter with its logical axis names
+(`nn.with_logical_partitioning`; nn.scan adds 'layers'), so `body_axes`/`embed_axes` read the
+sharding layout from the model itself and mesh.LOGICAL_RULES maps it onto the mesh. The functions
+below (`forward`, `loss_fn`, ...) apply the modules to plain param dicts: DEPT averages, banks,
+checkpoints and exports those dicts without knowing about Flax.
 
 Every leaf is float32; `model.dtype` is the compute dtype. RoPE uses the rotate-half convention of
 Hugging Face's Llama, so an export needs no weight permutation.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,14 +36,14 @@ REMAT_POLICIES = {
 
 def compute_dtype(cfg):
   """model.dtype, with 'auto' resolved for the backend: bfloat16 on TPU/GPU, float32 on CPU
-  (bench/RESULTS.md: without AMX, bfloat16 buys a CPU step ~10% and costs precision)."""
+  (no AMX on the CPUs measured: bfloat16 bought nothing there, bench/RESULTS.md)."""
   if cfg.dtype == "auto":
     return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
   return jnp.dtype(cfg.dtype)
 
 
 def static_config(cfg):
-  """The model config as a hashable value, for jit's static arguments."""
+  """The model config as a hashable value, for jit's static arguments and module fields."""
   if isinstance(cfg, ml_collections.FrozenConfigDict):
     return cfg
   return ml_collections.FrozenConfigDict(cfg if isinstance(cfg, ml_collections.ConfigDict)
@@ -49,66 +58,23 @@ def n_kv_heads(cfg) -> int:
   return cfg.n_kv_heads if cfg.n_kv_heads > 0 else cfg.n_heads
 
 
-def body_spec(cfg) -> dict:
-  """name -> (shape, logical axes, init std or 'ones'); the one place the body's layout is defined."""
-  L, D, F, hd = cfg.n_layers, cfg.d_model, cfg.d_ff, head_dim(cfg)
-  H, KV = cfg.n_heads, n_kv_heads(cfg)
-  std = cfg.init_std
-  out_std = std / math.sqrt(2 * L)  # residual-branch outputs shrink with depth (GPT-2 style)
-  return {
-      "blocks": {
-          "attn_norm": ((L, D), ("layers", None), "ones"),
-          "wq": ((L, D, H * hd), ("layers", "embed", "heads"), std),
-          "wk": ((L, D, KV * hd), ("layers", "embed", "kv_heads"), std),
-          "wv": ((L, D, KV * hd), ("layers", "embed", "kv_heads"), std),
-          "wo": ((L, H * hd, D), ("layers", "heads", "embed"), out_std),
-          "mlp_norm": ((L, D), ("layers", None), "ones"),
-          "w_gate": ((L, D, F), ("layers", "embed", "mlp"), std),
-          "w_up": ((L, D, F), ("layers", "embed", "mlp"), std),
-          "w_down": ((L, F, D), ("layers", "mlp", "embed"), out_std),
-      },
-      "final_norm": ((D,), (None,), "ones"),
-  }
-
-
-def embed_spec(cfg, vocab_size: int) -> dict:
-  spec = {"table": ((vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)}
-  if not cfg.tie_embeddings:
-    spec["head"] = ((vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
-  return spec
-
-
-def _is_spec(x) -> bool:
-  return isinstance(x, tuple) and len(x) == 3 and isinstance(x[0], tuple)
-
-
-def init_from_spec(spec: dict, key: jax.Array) -> PyTree:
-  leaves, treedef = jax.tree.flatten(spec, is_leaf=_is_spec)
-  keys = jax.random.split(key, len(leaves))
-  out = []
-  for (shape, _, init), k in zip(leaves, keys):
-    if init == "ones":
-      out.append(jnp.ones(shape, jnp.float32))
-    else:
-      out.append(init * jax.random.truncated_normal(k, -3.0, 3.0, shape, jnp.float32))
-  return jax.tree.unflatten(treedef, out)
-
-
-def axes_from_spec(spec: dict) -> PyTree:
-  """Same tree as the params, each leaf its tuple of logical axis names."""
-  return jax.tree.map(lambda s: s[1], spec, is_leaf=_is_spec)
-
-
-def init_body(cfg, key):
-  return init_from_spec(body_spec(cfg), key)
-
-
-def init_embed(cfg, vocab_size: int, key):
-  return init_from_spec(embed_spec(cfg, vocab_size), key)
-
-
 def count_params(tree) -> int:
   return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- initializers
+
+
+def truncated_normal(std: float):
+  """std * a normal truncated at +-3 (not rescaled: the paper-style init of the earlier code)."""
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.truncated_normal(key, -3.0, 3.0, shape, dtype)
+  return init
+
+
+def _param(module: nn.Module, name: str, shape, axes, init):
+  """A float32 parameter carrying its logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -141,9 +107,9 @@ def explicit_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, offset=0):
   """Causal attention written out: query i (at absolute position offset + i) sees keys 0..offset+i.
 
   Heads move in front once ([B, KV, G, L, hd]), so both products are batched matmuls over (B, KV)
-  with no further transposes; scores and softmax are float32. In the CPU step it ran 0.96-1.09x
-  (mostly above 1) the speed of jax.nn.dot_product_attention's XLA path (bench/RESULTS.md), and
-  it serves decoding from a KV cache (the offset) with the same code.
+  with no further transposes; scores and softmax are float32. On CPU it ran at or above the speed
+  of jax.nn.dot_product_attention's XLA path (bench/RESULTS.md), and it serves decoding from a KV
+  cache (the offset) with the same code.
   """
   B, L, N, hd = q_BxLxNxH.shape
   S, KV = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
@@ -172,66 +138,170 @@ def attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, cfg, causal_offset=None):
                                       implementation=None if impl == "auto" else impl)
 
 
-def block(x_BxLxD, p, cfg, cos, sin, kv_cache=None, offset=None):
-  """One pre-norm decoder block. `p` holds this layer's slice of body['blocks'].
+class Block(nn.Module):
+  """One pre-norm decoder block: GQA attention with RoPE, then a SwiGLU MLP.
 
   Projections run on [B*L, D] rows: plain 2-D matmuls whose weight gradients need no transposes
-  (the demo step ran 1.13x faster on CPU than with [B, L, D] operands)."""
-  dt = compute_dtype(cfg)
-  B, L, D = x_BxLxD.shape
-  H, KV, hd = cfg.n_heads, n_kv_heads(cfg), head_dim(cfg)
-  h_TxD = rms_norm(x_BxLxD, p["attn_norm"], cfg.norm_eps).reshape(B * L, D)
-  q = (h_TxD @ p["wq"].astype(dt)).reshape(B, L, H, hd)
-  k = (h_TxD @ p["wk"].astype(dt)).reshape(B, L, KV, hd)
-  v = (h_TxD @ p["wv"].astype(dt)).reshape(B, L, KV, hd)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  new_cache = None
-  if kv_cache is not None:
-    k_cache = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype),
-                                           (0, offset, 0, 0))
-    v_cache = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype),
-                                           (0, offset, 0, 0))
-    new_cache = {"k": k_cache, "v": v_cache}
-    o = attention(q, k_cache.astype(dt), v_cache.astype(dt), cfg, causal_offset=offset)
-  else:
-    o = attention(q, k, v, cfg)
-  x_BxLxD = x_BxLxD + (o.reshape(B * L, H * hd) @ p["wo"].astype(dt)).reshape(B, L, D)
-  h_TxD = rms_norm(x_BxLxD, p["mlp_norm"], cfg.norm_eps).reshape(B * L, D)
-  gate_TxF = jax.nn.silu(h_TxD @ p["w_gate"].astype(dt))
-  mlp_TxD = (gate_TxF * (h_TxD @ p["w_up"].astype(dt))) @ p["w_down"].astype(dt)
-  return x_BxLxD + mlp_TxD.reshape(B, L, D), new_cache
+  (faster on CPU than [B, L, D] operands, bench/RESULTS.md). With `cache` ({'k', 'v'}: [B, T, KV,
+  hd]) the new keys/values are written at `offset` and attention reads the whole cache (decoding).
+  """
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x_BxLxD, cos, sin, cache=None, offset=None):
+    cfg = self.cfg
+    dt = compute_dtype(cfg)
+    B, L, D = x_BxLxD.shape
+    H, KV, hd, F = cfg.n_heads, n_kv_heads(cfg), head_dim(cfg), cfg.d_ff
+    std = cfg.init_std
+    out_std = std / math.sqrt(2 * cfg.n_layers)  # residual-branch outputs shrink with depth
+    ones = nn.initializers.ones
+    p = functools.partial(_param, self)
+    attn_norm = p("attn_norm", (D,), (None,), ones)
+    wq = p("wq", (D, H * hd), ("embed", "heads"), truncated_normal(std))
+    wk = p("wk", (D, KV * hd), ("embed", "kv_heads"), truncated_normal(std))
+    wv = p("wv", (D, KV * hd), ("embed", "kv_heads"), truncated_normal(std))
+    wo = p("wo", (H * hd, D), ("heads", "embed"), truncated_normal(out_std))
+    mlp_norm = p("mlp_norm", (D,), (None,), ones)
+    w_gate = p("w_gate", (D, F), ("embed", "mlp"), truncated_normal(std))
+    w_up = p("w_up", (D, F), ("embed", "mlp"), truncated_normal(std))
+    w_down = p("w_down", (F, D), ("mlp", "embed"), truncated_normal(out_std))
+
+    h_TxD = rms_norm(x_BxLxD, attn_norm, cfg.norm_eps).reshape(B * L, D)
+    q = (h_TxD @ wq.astype(dt)).reshape(B, L, H, hd)
+    k = (h_TxD @ wk.astype(dt)).reshape(B, L, KV, hd)
+    v = (h_TxD @ wv.astype(dt)).reshape(B, L, KV, hd)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    new_cache = None
+    if cache is not None:
+      k_cache = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                             (0, offset, 0, 0))
+      v_cache = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                             (0, offset, 0, 0))
+      new_cache = {"k": k_cache, "v": v_cache}
+      o = attention(q, k_cache.astype(dt), v_cache.astype(dt), cfg, causal_offset=offset)
+    else:
+      o = attention(q, k, v, cfg)
+    x_BxLxD = x_BxLxD + (o.reshape(B * L, H * hd) @ wo.astype(dt)).reshape(B, L, D)
+    h_TxD = rms_norm(x_BxLxD, mlp_norm, cfg.norm_eps).reshape(B * L, D)
+    gate_TxF = jax.nn.silu(h_TxD @ w_gate.astype(dt))
+    mlp_TxD = (gate_TxF * (h_TxD @ w_up.astype(dt))) @ w_down.astype(dt)
+    return x_BxLxD + mlp_TxD.reshape(B, L, D), new_cache
+
+
+class Body(nn.Module):
+  """The shared body: `n_layers` blocks under nn.scan (one compiled layer; `scan_layers=False`
+  unrolls the same scan), each under the named remat policy `model.remat`, then the final norm.
+  Input and output are hidden states; `cache` is the stacked per-layer KV cache when decoding."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x_BxLxD, offset=0, cache=None):
+    cfg = self.cfg
+    x_BxLxD = x_BxLxD.astype(compute_dtype(cfg))
+    cos, sin = rope_tables(x_BxLxD.shape[1], head_dim(cfg), cfg.rope_theta, offset)
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                     length=cfg.n_layers, unroll=1 if cfg.scan_layers else cfg.n_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BxLxD, new_cache = layers(cfg, name="blocks")(
+        x_BxLxD, cos, sin, cache, None if cache is None else offset)
+    final_norm = _param(self, "final_norm", (cfg.d_model,), (None,), nn.initializers.ones)
+    return rms_norm(x_BxLxD, final_norm, cfg.norm_eps), new_cache
+
+
+class Embed(nn.Module):
+  """A source's token table, tied with the LM head unless `tie_embeddings` is off. Rows at or past
+  the source's `vocab_size` are padding: never looked up, and masked out of the softmax."""
+  cfg: Any
+  rows: int
+
+  def setup(self):
+    cfg = self.cfg
+    shape, axes, init = (self.rows, cfg.d_model), ("vocab", "embed"), truncated_normal(cfg.init_std)
+    self.table = _param(self, "table", shape, axes, init)
+    if not cfg.tie_embeddings:
+      self.head = _param(self, "head", shape, axes, init)
+
+  def __call__(self, tokens_BxL):
+    return jnp.take(self.table, tokens_BxL, axis=0).astype(compute_dtype(self.cfg))
+
+  def logits(self, h_BxLxD, vocab_size):
+    """float32 logits over the (padded) table; rows at or past `vocab_size` never enter the
+    softmax."""
+    head = self.table if self.cfg.tie_embeddings else self.head
+    logits_BxLxV = jnp.einsum("bld,vd->blv", h_BxLxD, head.astype(h_BxLxD.dtype),
+                              preferred_element_type=jnp.float32)
+    valid_V = jnp.arange(head.shape[0]) < vocab_size
+    return jnp.where(valid_V, logits_BxLxV, -1e30)
+
+
+# ----------------------------------------------------------------------------- plain-pytree API
+
+
+def _body_module(cfg) -> Body:
+  return Body(static_config(cfg))
+
+
+def _embed_module(cfg, rows: int) -> Embed:
+  return Embed(static_config(cfg), int(rows))
+
+
+def _boxed_body(cfg, key):
+  return _body_module(cfg).init(key, jnp.zeros((1, 1, cfg.d_model), jnp.float32))["params"]
+
+
+def _boxed_embed(cfg, rows, key):
+  return _embed_module(cfg, rows).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def init_body(cfg, key) -> PyTree:
+  return nn.unbox(_boxed_body(cfg, key))
+
+
+def init_embed(cfg, vocab_size: int, key) -> PyTree:
+  return nn.unbox(_boxed_embed(cfg, vocab_size, key))
+
+
+def _axes(boxed) -> PyTree:
+  """The params tree with each leaf its tuple of logical axis names."""
+  specs = nn.get_partition_spec(boxed)
+  return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def body_axes(cfg) -> PyTree:
+  return _axes(jax.eval_shape(functools.partial(_boxed_body, static_config(cfg)),
+                              jax.random.key(0)))
+
+
+def embed_axes(cfg, rows: int) -> PyTree:
+  return _axes(jax.eval_shape(functools.partial(_boxed_embed, static_config(cfg), rows),
+                              jax.random.key(0)))
 
 
 def body_forward(body, x_BxLxD, cfg):
   """The shared body: blocks then final norm. Input and output are hidden states."""
-  x_BxLxD = x_BxLxD.astype(compute_dtype(cfg))
-  cos, sin = rope_tables(x_BxLxD.shape[1], head_dim(cfg), cfg.rope_theta)
+  return _body_module(cfg).apply({"params": body}, x_BxLxD)[0]
 
-  def layer(x, p):
-    return block(x, p, cfg, cos, sin)[0], None
 
-  policy = REMAT_POLICIES[cfg.remat]
-  if cfg.remat != "none":
-    layer = jax.checkpoint(layer, policy=policy, prevent_cse=not cfg.scan_layers)
-  if cfg.scan_layers:
-    x_BxLxD, _ = jax.lax.scan(layer, x_BxLxD, body["blocks"])
-  else:
-    for i in range(cfg.n_layers):
-      x_BxLxD, _ = layer(x_BxLxD, jax.tree.map(lambda w: w[i], body["blocks"]))
-  return rms_norm(x_BxLxD, body["final_norm"], cfg.norm_eps)
+def body_with_cache(body, x_BxLxD, offset, cache, cfg):
+  """Decoding: run tokens at positions offset.. through the body, writing their keys/values into
+  `cache`. Returns (final-normed hidden states, new cache)."""
+  return _body_module(cfg).apply({"params": body}, x_BxLxD, offset, cache)
 
 
 def embed_tokens(embed, tokens_BxL, cfg):
-  return jnp.take(embed["table"], tokens_BxL, axis=0).astype(compute_dtype(cfg))
+  rows = embed["table"].shape[0]
+  return _embed_module(cfg, rows).apply({"params": embed}, tokens_BxL)
 
 
 def output_logits(embed, h_BxLxD, vocab_size, cfg):
-  """float32 logits over the (padded) table; rows at or past `vocab_size` never enter the softmax."""
-  head = embed["table"] if cfg.tie_embeddings else embed["head"]
-  logits_BxLxV = jnp.einsum("bld,vd->blv", h_BxLxD, head.astype(h_BxLxD.dtype),
-                            preferred_element_type=jnp.float32)
-  valid_V = jnp.arange(head.shape[0]) < vocab_size
-  return jnp.where(valid_V, logits_BxLxV, -1e30)
+  rows = embed["table"].shape[0]
+  return _embed_module(cfg, rows).apply({"params": embed}, h_BxLxD, vocab_size,
+                                        method=Embed.logits)
 
 
 def forward(body, embed, tokens_BxL, vocab_size, cfg):

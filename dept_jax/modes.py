@@ -87,7 +87,7 @@ def prepare_data(config, workdir: str | None) -> dict:
 
 def compile_report(config) -> dict:
   """Lower and compile the local and outer steps for the devices present; print memory use."""
-  from dept_jax import config_lib, dept, experiment, hlo_comm
+  from dept_jax import config_lib, dept, experiment, hlo_comm, variants
   from dept_jax.mesh import make_mesh
   shape = config_lib.validate(config, jax.device_count())
   mesh = make_mesh(shape)
@@ -96,12 +96,14 @@ def compile_report(config) -> dict:
   state = program.abstract_state
   local = program.local_step.lower(state, experiment.abstract_batch(config, program)).compile()
   out = {"mesh": shape, "local_step": _memory(local)}
-  if config.variant != "std":
+  if not variants.get(config.variant).mixture:
     S = program.slots
     vec = lambda dt: jax.ShapeDtypeStruct((S,), dt)
+    begin = program.begin_round.lower(state, vec("int32")).compile()
     outer = program.outer_step.lower(state, vec("int32"), vec("float32")).compile()
     out["outer_step"] = _memory(outer)
-    out["outer_bytes_across_source"] = hlo_comm.cross_source_bytes(outer.as_text(), mesh)
+    out["outer_bytes_across_source"] = sum(hlo_comm.cross_source_bytes(f.as_text(), mesh)
+                                           for f in (begin, outer))
   print(json.dumps(out, indent=2))
   return out
 

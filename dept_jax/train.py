@@ -1,7 +1,8 @@
 """The training loop: rounds of local steps and outer steps, with eval, logging and checkpoints.
 
-Order of events per step: (round start) -> local step -> NaN check -> log -> (outer step -> eval)
--> checkpoint -> preemption check. All math lives in dept.py; this file only sequences it.
+Order of events per step: (round start) -> local step -> (outer step) -> metrics of the previous
+step (NaN check) -> (eval) -> log -> checkpoint -> preemption check. One local step stays in
+flight between them. All math lives in dept.py; this file only sequences it.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def _train(config, workdir: str) -> dict:
   exp = experiment.setup(config, workdir)
   setup_s = time.perf_counter() - t_start
   c, prog = exp.config, exp.program
-  std = c.variant == "std"
+  mixture = exp.rules.mixture  # one model on the mixture: no rounds, no outer step
   N = c.local_steps
 
   # ---------------------------------------------------------------- state: resume or init
@@ -124,55 +125,83 @@ def _train(config, workdir: str) -> dict:
 
   writer = metrics_io.MetricsWriter(workdir, c.steps, step, tensorboard=c.log.tensorboard,
                                     progress=c.log.progress, config=c)
-  outer_compiled, outer_bytes = None, 0
+  round_fns = None  # (begin_round, outer_step, bytes across `source` per round), compiled once
   timer = metrics_io.StepTimer()
-  tokens_per_step = c.batch_size * c.seq_len * (exp.num_sources if std else prog.slots)
-  summary = {}
+  tokens_per_step = c.batch_size * c.seq_len * (exp.num_sources if mixture else prog.slots)
+  summary, last = {}, {}
+  # One local step stays in flight: its metrics are read after the next step (and the round's
+  # outer step) is dispatched, so the host prepares the next batch while the device runs. Every
+  # log, eval, checkpoint and stop first settles the step in flight.
+  in_flight = None
+
+  def settle():
+    """Read the step in flight's metrics (waits for it), count them, and act on a non-finite
+    loss: the state now is the one after `step` (the bad update was not applied)."""
+    nonlocal in_flight, last
+    if in_flight is None:
+      return
+    done_step, rnd, slot_sources, m = in_flight
+    in_flight = None
+    m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source", "tokens_by_source",
+                                    "grad_norm", "lr")})
+    timer.tick()
+    acc.add(m, slot_sources, mixture)
+    last = m
+    if not m["finite"].all():
+      _on_nonfinite(exp, ckpt, acc, state, step, done_step, rnd, slot_sources, m, writer)
+    writer.advance(1, acc.postfix())
 
   batches = exp.batches(step)
   with _Preemption() as preempt:
     while step < c.steps:
       rnd = step // N
       slot_sources = exp.slot_sources(rnd)
-      if not std and step % N == 0:
-        state = prog.begin_round(state, slot_sources)
+      round_end = not mixture and (step + 1) % N == 0
+      if not mixture and round_fns is None:  # also when resuming in the middle of a round
+        round_fns = _compile_round(exp, slot_sources)
+      if not mixture and step % N == 0:
+        state = round_fns[0](state, slot_sources)
       batch = exp.to_device(next(batches))
       state, m = prog.local_step(state, batch)
-      m = host_get({k: m[k] for k in ("loss", "finite", "nll_by_source",
-                                              "tokens_by_source", "grad_norm", "lr")})
       step += 1
       if t_start is not None:  # startup is what a user waits for: data, compile, first step
+        jax.block_until_ready(m["loss"])
         writer.console(f"[dept_jax] first step done {time.perf_counter() - t_start:.1f} s after "
                        f"start (data and program ready after {setup_s:.1f} s)")
         t_start = None
-      timer.tick()
-      acc.add(m, slot_sources, std)
-      if not m["finite"].all():
-        _on_nonfinite(exp, ckpt, acc, state, step, rnd, slot_sources, m, writer)
-      writer.advance(1, acc.postfix())
+      om = None
+      if round_end:
+        state, om = round_fns[1](state, slot_sources, exp.outer_weights(slot_sources))
+      settle()  # the previous step; this one is queued behind it
+      in_flight = (step, rnd, slot_sources, m)
+
+      every = c.checkpoint.every
+      evaluate = (not mixture and round_end) or (mixture and step % N == 0) or (
+          c.eval.every and step % c.eval.every == 0)
+      log_now = evaluate or step % c.log.every == 0 or step == c.steps
+      stop = preempt.agreed()
+      save_now = step == c.steps or (every and step % every == 0) or (
+          round_end and c.checkpoint.at_round_end) or stop
+      if log_now or save_now:
+        settle()
 
       log = {}
-      if not std and step % N == 0:
-        if outer_compiled is None:
-          weights = exp.outer_weights(slot_sources)
-          outer_compiled = prog.outer_step.lower(state, slot_sources, weights).compile()
-          outer_bytes = hlo_comm.cross_source_bytes(outer_compiled.as_text(), exp.mesh)
-        state, om = outer_compiled(state, slot_sources, exp.outer_weights(slot_sources))
+      if om is not None:
         log.update({k: float(v) for k, v in host_get(om).items()})
-        log["comm/outer_bytes"] = outer_bytes
+        log["comm/outer_bytes"] = round_fns[2]
         log["comm/outer_payload_bytes"] = dept.outer_payload_bytes(prog)
         log.update(evaluator.run(state, slot_sources, after_outer=True))
-      elif std and step % N == 0:
+      elif mixture and step % N == 0:
         # STD has no rounds; it is evaluated on the schedule of the other variants' outer steps.
         log.update(evaluator.run(state, slot_sources, after_outer=True))
         # What each data-parallel worker all-reduces every step: the gradient of every parameter.
         log["comm/step_payload_bytes"] = _tree_bytes(prog.abstract_state["slots"]["params"])
-      elif c.eval.every and step % c.eval.every == 0:
-        log.update(evaluator.run(state, slot_sources, after_outer=std))
-      if log or step % c.log.every == 0 or step == c.steps:
+      elif evaluate:
+        log.update(evaluator.run(state, slot_sources, after_outer=mixture))
+      if log_now:
         rate = timer.rate()
         log.update(acc.flush())
-        log.update({"round": rnd, "lr": float(m["lr"]), "steps_per_sec": rate,
+        log.update({"round": rnd, "lr": float(last["lr"]), "steps_per_sec": rate,
                     "tokens_per_sec": rate * tokens_per_step,
                     "skipped_updates": int(host_get(state["skipped"]).sum())})
         writer.write(step, log)
@@ -181,11 +210,7 @@ def _train(config, workdir: str) -> dict:
           evaluator.save(workdir)  # every eval: the history survives a crash
         summary = log
 
-      stop = preempt.agreed()
-      at_round_end = not std and step % N == 0
-      every = c.checkpoint.every
-      if step == c.steps or (every and step % every == 0) or (
-          at_round_end and c.checkpoint.at_round_end) or stop:
+      if save_now:
         ckpt.save(step, state, data_state(exp, acc), run_meta(exp))
       if stop:
         ckpt.close()
@@ -197,6 +222,17 @@ def _train(config, workdir: str) -> dict:
   writer.close()
   evaluator.save(workdir)
   return summary
+
+
+def _compile_round(exp, slot_sources):
+  """begin_round and outer_step compiled once, and the bytes their collectives move across
+  `source` in a round, read from the compiled HLO (bank traffic would show here too)."""
+  prog = exp.program
+  state = prog.abstract_state
+  begin = prog.begin_round.lower(state, slot_sources).compile()
+  outer = prog.outer_step.lower(state, slot_sources, exp.outer_weights(slot_sources)).compile()
+  moved = sum(hlo_comm.cross_source_bytes(f.as_text(), exp.mesh) for f in (begin, outer))
+  return begin, outer, moved
 
 
 def start_from_trained_body(exp, state, parent_workdir: str, parent_step: int):
@@ -225,13 +261,14 @@ def start_from_trained_body(exp, state, parent_workdir: str, parent_step: int):
   return dict(state, slots=slots)
 
 
-def _on_nonfinite(exp, ckpt, acc, state, step, rnd, slot_sources, m, writer):
-  """`step` has just run and some source's loss or gradient was not finite. dept.local_step did
-  not apply that source's update (the others' were applied), so the state is finite: with
-  on_nonfinite=stop it is saved as this step, data position included, and the run stops."""
-  bad = [exp.names[k] if exp.config.variant != "std" else "mixture"
+def _on_nonfinite(exp, ckpt, acc, state, step, bad_step, rnd, slot_sources, m, writer):
+  """Step `bad_step` had some source's loss or gradient not finite; the state is now at `step`
+  (the step in flight when the metrics were read, its outer step included). dept.local_step did
+  not apply the bad update (the others' were applied), so the state is finite: with
+  on_nonfinite=stop it is saved as `step`, data position included, and the run stops."""
+  bad = [exp.names[k] if not exp.rules.mixture else "mixture"
          for k, ok in zip(slot_sources, m["finite"]) if not ok]
-  where = (f"non-finite loss at step {step} (round {rnd}), source(s) {', '.join(bad)}: "
+  where = (f"non-finite loss at step {bad_step} (round {rnd}), source(s) {', '.join(bad)}: "
            f"loss={[float(x) for x in m['loss']]}")
   if exp.config.on_nonfinite == "skip":
     writer.console(f"[dept_jax] {where}; update skipped (on_nonfinite=skip)")

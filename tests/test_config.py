@@ -29,6 +29,8 @@ def cfg(**kw):
     ({"outer.optimizer": "adam"}, "config.outer.optimizer", "unknown outer optimizer"),
     ({"model.remat": "some"}, "config.model.remat", "unknown remat policy"),
     ({"outer.sources_per_round": 9}, "config.outer.sources_per_round", "not in 0..4"),
+    ({"data.num_sources": 3, "outer.sources_per_round": 2, "mesh.source": 2}, "config.mesh.source",
+     "cannot each keep an equal share of the 3 sources' banks"),
     ({"log.every": 0}, "config.log.every", "must be positive"),
     ({"checkpoint.every": -3}, "config.checkpoint.every", "must be >= 0, got -3"),
     ({"checkpoint.keep": -1}, "config.checkpoint.keep", "must be >= 0, got -1"),
@@ -60,6 +62,9 @@ def test_mesh_resolution():
   assert config_lib.validate(cfg(variant="std"), 8)["data"] == 8
   shape = config_lib.validate(cfg(**{"outer.sources_per_round": 2}), 8)
   assert shape["source"] == 2 and shape["data"] == 4
+  # With a bank the slice count also divides the sources: 4 of 6 per round -> 2 slices, not 4.
+  shape = config_lib.validate(cfg(**{"data.num_sources": 6, "outer.sources_per_round": 4}), 8)
+  assert shape["source"] == 2
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path):

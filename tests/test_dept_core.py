@@ -173,6 +173,11 @@ def test_local_step_has_no_collective_across_source(variant):
   exp = setup(variant)
   prog = exp.program
   batch = experiment.abstract_batch(exp.config, prog)
+  # What the code asks for: no collective names `source` in the traced local step (it runs under
+  # shard_map over `source`, so one could only appear by writing it) ...
+  traced = jax.make_jaxpr(prog.local_step)(prog.abstract_state, batch)
+  assert hlo_comm.jaxpr_collectives(traced, "source") == []
+  # ... and what XLA runs: data-parallel gradients reduce inside a slice, never across.
   text = prog.local_step.lower(prog.abstract_state, batch).compile().as_text()
   found = hlo_comm.collectives(text, 8, 8 // exp.mesh.shape["source"])
   if variant != "std":
@@ -180,23 +185,77 @@ def test_local_step_has_no_collective_across_source(variant):
   assert [c for c in found if c["crosses_source"]] == []
 
 
+def test_the_collective_check_sees_the_outer_psum():
+  """The check above can fail: the outer step's psum over `source` is found by both readers."""
+  exp = setup("spec")
+  prog = exp.program
+  vec = lambda dt: jax.ShapeDtypeStruct((prog.slots,), dt)
+  traced = jax.make_jaxpr(prog.outer_step)(prog.abstract_state, vec(jnp.int32), vec(jnp.float32))
+  assert set(hlo_comm.jaxpr_collectives(traced, "source")) == {"psum_invariant"}
+  assert hlo_comm.jaxpr_collectives(
+      jax.make_jaxpr(prog.begin_round)(prog.abstract_state, vec(jnp.int32)), "source") == []
+
+
 def body_bytes(cfg):
   return 4 * model.count_params(jax.eval_shape(lambda: model.init_body(cfg, jax.random.key(0))))
 
 
-@pytest.mark.parametrize("variant", ["spec", "spec_opt", "glob"])
-def test_outer_step_moves_exactly_what_the_variant_shares(variant):
-  exp = setup(variant)
+def round_bytes(prog, mesh):
+  """Bytes across `source` in a round: begin_round plus outer_step, from compiled HLO."""
+  vec = lambda dt: jax.ShapeDtypeStruct((prog.slots,), dt)
+  begin = prog.begin_round.lower(prog.abstract_state, vec(jnp.int32)).compile()
+  outer = prog.outer_step.lower(prog.abstract_state, vec(jnp.int32), vec(jnp.float32)).compile()
+  return [hlo_comm.cross_source_bytes(f.as_text(), mesh) for f in (begin, outer)]
+
+
+@pytest.mark.parametrize("variant, per_round", [
+    ("spec", 0), ("spec_opt", 0), ("glob", 0), ("spec", 2), ("trim", 2)])
+def test_a_round_moves_exactly_what_the_variant_shares(variant, per_round):
+  """Every byte across `source` in a round is the body (plus the global table for shared tables):
+  with fewer slots than sources, banks of tables and AdamW moments stay on their slices."""
+  exp = setup(variant, **({"outer.sources_per_round": per_round} if per_round else {}))
   c = exp.config
   prog = exp.program
-  vec = lambda dt: jax.ShapeDtypeStruct((prog.slots,), dt)
-  text = prog.outer_step.lower(prog.abstract_state, vec(jnp.int32), vec(jnp.float32)).compile(
-  ).as_text()
+  assert prog.uses_bank == bool(per_round)
   expected = body_bytes(c.model)
-  if variant == "glob":
+  if variant in ("glob", "trim"):
     expected += 4 * c.data.vocab_size * c.model.d_model
-  assert hlo_comm.cross_source_bytes(text, exp.mesh) == expected
+  assert round_bytes(prog, exp.mesh) == [0, expected]
   assert dept.outer_payload_bytes(prog) == expected
+
+
+def test_fedavg_assigns_the_weighted_mean_exactly():
+  """Two sources, equal weights: the new global body is (a + b) / 2 bit for bit (the pseudo-
+  gradient form g - (g - mean) is not), and token weights give psum(w x) / sum(w)."""
+  exp = setup("spec", **{"data.num_sources": 2})
+  assert exp.mesh.shape["source"] == 2
+  state, idx = run_local(exp, exp.program.init(jax.random.key(0)), 2)
+  local = host(state["slots"]["params"]["body"])
+  state, _ = exp.program.outer_step(state, idx, np.ones(2, np.float32))
+  for got, x in zip(jax.tree.leaves(host(state["global"]["body"])), jax.tree.leaves(local)):
+    np.testing.assert_array_equal(got, (x[0] + x[1]) / np.float32(2))
+  state, idx = run_local(exp, state, 2)
+  local = host(state["slots"]["params"]["body"])["final_norm"]
+  w = np.asarray([3.0, 1.0], np.float32)
+  state, _ = exp.program.outer_step(state, idx, w)
+  np.testing.assert_array_equal(host(state["global"]["body"])["final_norm"],
+                                (w[0] * local[0] + w[1] * local[1]) / w.sum())
+
+
+def test_round_sources_keep_each_source_on_its_own_slice():
+  """With fewer slots than sources, slice j trains only sources j*K/n .. (j+1)*K/n - 1 (where its
+  bank lives); over many rounds every source takes part equally often."""
+  K, S, n = 8, 4, 2
+  rounds = np.stack([dept.round_sources(r, 0, K, S, n) for r in range(400)])
+  slot_slice = np.arange(S) // (S // n)
+  assert (rounds // (K // n) == slot_slice).all()
+  assert all(len(set(r)) == S for r in rounds.tolist())
+  counts = np.bincount(rounds.ravel(), minlength=K) / len(rounds)
+  np.testing.assert_allclose(counts, S / K, atol=0.06)
+  np.testing.assert_array_equal(rounds[3], dept.round_sources(3, 0, K, S, n))
+  assert not (rounds[3] == dept.round_sources(3, 1, K, S, n)).all() or not (
+      rounds[4] == dept.round_sources(4, 1, K, S, n)).all()
+  np.testing.assert_array_equal(dept.round_sources(5, 0, K, K, n), np.arange(K))
 
 
 def test_sources_sitting_out_keep_their_tables():

@@ -40,8 +40,7 @@ def test_eval_model_is_spread_over_the_mesh_and_scores_the_same():
   mesh = make_mesh({"source": 2, "data": 1, "fsdp": 2, "tensor": 2})
   body = model.init_body(cfg, jax.random.key(0))
   embed = model.init_embed(cfg, 23, jax.random.key(1))
-  axes = {"body": model.axes_from_spec(model.body_spec(cfg)),
-          "embed": model.axes_from_spec(model.embed_spec(cfg, 23))}
+  axes = {"body": model.body_axes(cfg), "embed": model.embed_axes(cfg, 23)}
   sh = fitted_shardings(mesh, axes, {"body": body, "embed": embed})
   sh_body, sh_embed = sh["body"], sh["embed"]
   assert tuple(sh_body["blocks"]["wq"].spec) == (None, "fsdp", "tensor")

@@ -14,6 +14,7 @@ import dataclasses
 import grain
 import numpy as np
 
+from dept_jax import variants
 from dept_jax.data.base import DataBundle, SourceData
 
 
@@ -87,7 +88,7 @@ def build(config) -> DataBundle:
   ids for std/glob, trimmed local ids for trim/spec, and for spec_opt a private vocabulary of the
   chain's own states (so data.source_vocab_size, which sizes text tokenizers, is not used here).
   """
-  d, variant = config.data, config.variant
+  d, vocabulary = config.data, variants.get(config.variant).vocabulary
   G = d.vocab_size
   chains = chain_indices(d)
   owned = {k: owned_ids(config.seed, k, G) for k in chains}
@@ -99,13 +100,13 @@ def build(config) -> DataBundle:
     return src
 
   local = [make(k, np.arange(len(owned[k]))).data() for k in chains]
-  if variant == "spec_opt":
+  if vocabulary == "own":
     return DataBundle(local)
   global_data = [make(k, owned[k]).data() for k in chains]
-  if variant in ("std", "glob"):
+  if vocabulary == "global":
     l2g = np.tile(np.arange(G, dtype=np.int32), (len(chains), 1))
     sources = [dataclasses.replace(s, vocab_size=G) for s in global_data]
-  else:  # trim, spec: local ids index the trimmed vocabulary
+  else:  # trimmed: local ids index the trimmed vocabulary
     sources = local
     l2g = np.full((len(chains), max(len(owned[k]) for k in chains)), -1, np.int32)
     for i, k in enumerate(chains):

@@ -28,14 +28,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from dept_jax import variants
 from dept_jax.data import cache as cache_lib
 from dept_jax.data import corpus, documents, run_record, tokenizers, windows
 from dept_jax.data.base import DataBundle, DataError, SourceData, say
 
 SAMPLE_UNITS = 16  # a tokenizer's sample is spread over this many of a source's units at most
 EVAL_BYTES_PER_TOKEN = 3  # sizes the eval text: about data.eval_batches batches of tokens
-VOCAB_KINDS = {"std": "global", "glob": "global", "trim": "trimmed", "spec": "trimmed",
-               "spec_opt": "own"}
 
 
 def source(path: str, format: str = "auto", field: str = "text", weight: float = 1.0,
@@ -134,7 +133,7 @@ def paper_preset_data(config, arg: str, default_variant: str, sources: int, voca
   variant, _, rest = (arg or default_variant).partition(",")
   root, _, tokenizer = rest.partition(",")
   set_variant(config, variant or default_variant)
-  if tokenizer and config.variant == "spec_opt":
+  if tokenizer and variants.get(config.variant).vocabulary == "own":
     raise DataError("spec_opt trains one tokenizer per source, so the preset's TOKENIZER argument "
                     "does not apply. Fix: drop it, or set config.data.sources.<name>.tokenizer.")
   config.data.update(num_sources=sources, vocab_size=vocab_size,
@@ -246,7 +245,7 @@ def _tokenizers(config, plans, tokdir) -> dict:
   d, names = config.data, list(plans)
   root, eos = d.get("cache_dir", ""), d.get("eos_token", "")
   budget = int(d.tokenizer_train_bytes)
-  if VOCAB_KINDS[config.variant] == "own":
+  if variants.get(config.variant).vocabulary == "own":
     if d.get("tokenizer"):
       raise DataError("config.data.tokenizer is the global tokenizer, and spec_opt has none. Fix: "
                       "set config.data.sources.<name>.tokenizer per source, or clear it.")
@@ -373,7 +372,7 @@ def vocabulary(variant, names, toks, srcs, min_count, record=None) -> dict:
   'owned': each source's owned global ids (local id i is global id owned[i]): the ids its training
   tokens use at least min_count times, plus <unk> (or EOS without one) and EOS. A resumed run
   keeps the ones it recorded."""
-  kind = VOCAB_KINDS[variant]
+  kind = variants.get(variant).vocabulary
   if kind == "own":
     return {"kind": kind, "sizes": [toks[n].vocab_size for n in names]}
   G = toks[names[0]].vocab_size

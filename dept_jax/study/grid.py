@@ -15,7 +15,7 @@ import math
 
 import ml_collections
 
-from dept_jax import config_lib
+from dept_jax import config_lib, variants
 from dept_jax.config_lib import ConfigError
 
 # Keys that do not change how STD trains: a grid over them gives STD arms only once.
@@ -30,7 +30,7 @@ class StudyError(ConfigError):
 
 def study_block(**overrides) -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict(dict(
-      # Arms: variants (config_lib.VARIANTS) and STD baselines std_tau0 / std_tau1 (the mixture
+      # Arms: variants (dept_jax.variants.VARIANTS) and STD baselines std_tau0 / std_tau1 (the mixture
       # sampled uniformly / by size; plain 'std' uses data.temperature).
       variants=("std_tau0", "std_tau1", "glob", "trim", "spec", "spec_opt"),
       seeds=(0, 1, 2),
@@ -162,7 +162,7 @@ def check(config) -> ml_collections.ConfigDict:
       config_lib.resolve_variant(v)
     except ConfigError:
       _fail("variants", f"unknown variant '{v}'",
-            f"choose from {config_lib.VARIANTS + tuple(config_lib.STD_PRESETS)}")
+            f"choose from {config_lib.variant_names() + tuple(config_lib.STD_PRESETS)}")
   if len(set(s.variants)) != len(s.variants):
     _fail("variants", "an arm is listed twice", "list each variant once")
   if not s.seeds or len(set(s.seeds)) != len(s.seeds):
@@ -247,7 +247,7 @@ def budget_steps(c, n_sources: int, budget: int) -> int:
   """Steps that train `budget` tokens: STD trains every source's batch each step, DEPT only the
   sources of a round (outer.sources_per_round). Whole rounds of local_steps (STD: its eval
   cadence), so each cell ends on an evaluation; the table reports the tokens really seen."""
-  rows = c.batch_size * (n_sources if c.variant == "std" else
+  rows = c.batch_size * (n_sources if variants.get(c.variant).mixture else
                          (c.outer.sources_per_round or n_sources))
   steps = math.ceil(budget / (rows * c.seq_len))
   return math.ceil(steps / c.local_steps) * c.local_steps
