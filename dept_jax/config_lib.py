@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, n_layers=2, n_heads=4, n_kv_heads=0, d_ff=172, rope_theta=10000.0,
       norm_eps=1e-5, tie_embeddings=True, init_std=0.02,
+      # Embedding tables get rows for a multiple of this many ids, whatever the tokenizer's size
+      # (50,257 -> 50,304): 128 fills TPU lanes and GPU tensor-core tiles. Extra rows are masked
+      # out of the softmax and never sampled.
+      vocab_multiple=128,
       dtype="auto",  # compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU); params stay f32
       # The backward pass recomputes everything but the projections' matmul outputs: far fewer
       # per-layer residuals to stack (the demo step 1.4x faster on CPU, bench/RESULTS.md).
@@ -206,7 +210,7 @@ def validate(config, n_devices: int, n_sources: int | None = None) -> dict:
     _fail("local_steps", f"steps={config.steps} is not a whole number of rounds of "
           f"local_steps={config.local_steps}", "make steps a multiple of local_steps")
   m = config.model
-  for key in ("d_model", "n_layers", "n_heads", "d_ff"):
+  for key in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_multiple"):
     if int(m[key]) <= 0:
       _fail(f"model.{key}", f"must be positive, got {m[key]}", "set a positive integer")
   if m.d_model % m.n_heads:

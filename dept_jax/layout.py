@@ -4,6 +4,7 @@ sources train in each round."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -64,11 +65,11 @@ def check_vocab(variant, vocab: Vocab):
 
 def table_rows(vocab_size: int, mesh, cfg) -> int:
   """Rows of an embedding table indexing `vocab_size` ids: the one place the row count is chosen.
-  Tables shard their rows over `tensor`, so rows are padded to a multiple of it; padding rows are
-  masked out of the softmax like any row past a source's vocabulary."""
-  del cfg  # the model config may ask for more padding (hardware-friendly multiples) here
-  tensor = mesh.shape["tensor"]
-  return -(-int(vocab_size) // tensor) * tensor
+  Rows are padded to a multiple of model.vocab_multiple (hardware-friendly shapes) and of `tensor`
+  (tables shard their rows over it); padding rows are masked out of the softmax like any row past
+  a source's vocabulary."""
+  multiple = math.lcm(int(cfg.get("vocab_multiple", 1)), mesh.shape["tensor"])
+  return -(-int(vocab_size) // multiple) * multiple
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -25,11 +25,12 @@ def abstract_program(config):
   return dept.build(config, mesh, experiment.abstract_vocab(config))
 
 
-# (preset, variant, body params in millions, sources, table rows per source)
+# (preset, variant, body params in millions, sources, table rows per source: 50,257 ids padded
+# to a multiple of model.vocab_multiple = 128)
 PRESETS = [
-    ("pile_125m", "spec", 84.95, 16, 50257),  # 12 x (4*768^2 + 3*768*2048 + 2*768) + 768
-    ("pile_350m", "glob", 308.33, 16, 50257),
-    ("mc4_1b_spec_opt", None, 1214.35, 8, 50257),
+    ("pile_125m", "spec", 84.95, 16, 50304),  # 12 x (4*768^2 + 3*768*2048 + 2*768) + 768
+    ("pile_350m", "glob", 308.33, 16, 50304),
+    ("mc4_1b_spec_opt", None, 1214.35, 8, 50304),
 ]
 
 
@@ -43,6 +44,7 @@ def test_preset_builds_abstractly(name, variant, body_m, sources, rows):
   assert round(body / 1e6, 2) == body_m, body
   table = state["slots"]["params"]["embed"]["table"]
   assert table.shape == (sources, rows, c.model.d_model)
+  assert experiment.abstract_vocab(c).rows == 50257  # the tokenizer's size is not the table's
   assert table.sharding.spec[0] == "source"
   batch = experiment.abstract_batch(c, prog)
   traced = prog.local_step.trace(state, batch)

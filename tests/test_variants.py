@@ -63,3 +63,29 @@ def test_a_new_variant_is_one_table_entry(spec_global):
   np.testing.assert_array_equal(np.asarray(state["slots"]["params"]["embed"]["table"]), tables)
   body, embed = dept.source_params(state, "spec_global", dept.Vocab((V, V), None, V), 1, None)
   np.testing.assert_array_equal(np.asarray(embed["table"]), tables[1])
+
+
+@pytest.mark.parametrize("vocab, multiple, tensor, rows", [
+    (50257, 128, 1, 50304), (192, 128, 1, 256), (256, 128, 1, 256), (50257, 1, 1, 50257),
+    (50257, 1, 2, 50258), (100, 48, 32, 192)])
+def test_table_rows_pad_the_vocabulary_to_the_hardware_multiple(vocab, multiple, tensor, rows):
+  from dept_jax import layout
+  mesh = jax.sharding.AbstractMesh((1, 1, 1, tensor), config_lib.MESH_AXES)
+  assert layout.table_rows(vocab, mesh, {"vocab_multiple": multiple}) == rows
+
+
+def test_padding_rows_change_no_loss():
+  """The same parameters over 200 ids give the same loss whether the table has 200 or 256 rows:
+  the rows past the vocabulary are outside the softmax."""
+  from dept_jax import model
+  c = config_lib.base_config()
+  cfg = model.static_config(dict(c.model, d_model=16, n_layers=1, n_heads=2, d_ff=32))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 200, (2, 9))
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  params = {"body": model.init_body(cfg, jax.random.key(0)),
+            "embed": model.init_embed(cfg, 256, jax.random.key(1))}
+  small = dict(params, embed=jax.tree.map(lambda t: t[:200], params["embed"]))
+  big, _ = model.loss_fn(params, batch, 200, cfg)
+  exact, _ = model.loss_fn(small, batch, 200, cfg)
+  np.testing.assert_allclose(float(big), float(exact), rtol=1e-6)
