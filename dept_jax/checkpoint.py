@@ -16,7 +16,6 @@ says so.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -29,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dept_jax.file_hash import sha256_of
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used; the message names the step, the file and the fix."""
@@ -39,14 +40,6 @@ _FALLBACK_FIX = ("Fix: rerun with --config.checkpoint.fallback=True to move it t
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def _files_under(root: str) -> list[str]:
@@ -76,7 +69,7 @@ def _write_json_atomically(path: str, obj):
 def file_checksums(step_dir: str) -> dict | None:
   """sha256 of every file under step_dir; None if the step vanished meanwhile (max_to_keep)."""
   try:
-    sums = {rel: _sha256(os.path.join(step_dir, rel)) for rel in _files_under(step_dir)}
+    sums = {rel: sha256_of(os.path.join(step_dir, rel)) for rel in _files_under(step_dir)}
   except FileNotFoundError:
     return None
   return sums if sums and os.path.isdir(step_dir) else None
@@ -254,7 +247,7 @@ class Checkpointer:
       full = os.path.join(step_dir, rel)
       if not os.path.exists(full):
         raise CheckpointError(self._damage(step, full, "is missing"))
-      if _sha256(full) != digest:
+      if sha256_of(full) != digest:
         raise CheckpointError(self._damage(step, full, "does not match its checksum"))
     return True
 

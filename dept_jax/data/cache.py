@@ -40,6 +40,7 @@ import numpy as np
 
 from dept_jax.data import documents, tokenizers
 from dept_jax.data.base import DataError, fail, say
+from dept_jax.file_hash import sha256_of
 
 CACHE_VERSION = 1
 ENCODE_BATCH_BYTES = 4 << 20  # text encoded per call: bounds a worker's memory
@@ -60,14 +61,6 @@ def normalized_hash(text: str) -> int:
   """Content hash that ignores whitespace and letter case (copies in scraped data differ so)."""
   norm = " ".join(text.split()).casefold().encode("utf-8")
   return int.from_bytes(hashlib.blake2b(norm, digest_size=8).digest(), "little")
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def token_dtype(vocab_size: int):
@@ -111,7 +104,7 @@ class TokenCache:
     """Whether the unit's files still match their checksums (reads them)."""
     m = self.manifest(unit)
     p = self.paths(unit.key())
-    return m is not None and all(_sha256(p[k]) == m[f"{k}_sha256"] for k in ("tokens", "npz"))
+    return m is not None and all(sha256_of(p[k]) == m[f"{k}_sha256"] for k in ("tokens", "npz"))
 
   def remove(self, unit: documents.Unit):
     for path in self.paths(unit.key()).values():
@@ -225,7 +218,7 @@ def _write_unit(unit, cache, tmp, threads) -> dict:
           "val_docs": len(val), "val_bytes": int(sum(len(d[2].encode("utf-8")) for d in val)),
           "replaced_bytes": stats.replaced, "skipped_files": stats.skipped_files,
           "tokens_bytes": os.path.getsize(tmp["tokens"]), "tokens_sha256": sha.hexdigest(),
-          "npz_bytes": os.path.getsize(npz_path), "npz_sha256": _sha256(npz_path)}
+          "npz_bytes": os.path.getsize(npz_path), "npz_sha256": sha256_of(npz_path)}
 
 
 def _concat(arrays, dtype):

@@ -11,7 +11,6 @@ tokenizer is never served a cache written by another.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from dept_jax.data.base import DataError, say
+from dept_jax.file_hash import sha256_of
 
 MIN_VOCAB = 300  # 256 byte pieces + specials + a few real pieces
 MAX_LINE_BYTES = 16000  # sentencepiece drops sample lines over max_sentence_length (16384 bytes)
@@ -28,11 +28,7 @@ HF_EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|eot
 
 
 def file_fingerprint(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()[:32]
+  return sha256_of(path)[:32]
 
 
 class Tokenizer:
