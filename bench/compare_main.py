@@ -1,8 +1,8 @@
 """Losses of this checkout against another (the code before a refactor), from the same parameters
 and the same data, step by step.
 
-  git archive d095785 | tar -x -C /tmp/base        # the reference code, outside this repository
-  python bench/compare_main.py --base /tmp/base [--configs tiny,demo] [--steps 100]
+  git archive REV | tar -x -C /tmp/base        # the reference code, outside this repository
+  python bench/compare_main.py --base /tmp/base --base_name REV [--configs tiny,demo] [--steps 100]
 
 For each config and variant, the reference code runs first: it builds its initial state, saves
 the parameters, and trains `--steps` steps with the real trainer (log every step). This checkout
@@ -11,9 +11,11 @@ steps on the same data (the demo reuses the reference run's tokenizers). Each pe
 loss of every step is compared; `max_abs_diff` is the largest difference over all of them, and
 `first_step_differing` the first step whose losses are not bit for bit equal. The reference and
 this checkout run in separate processes with their own PYTHONPATH; the data code is the one in
-each checkout (identical here: the comparison is meant for changes to the core).
+each checkout, so REV must have the same data code (the comparison is meant for changes to the
+core: for the core merge, REV is b686e67, main just before it).
 
---patched also runs the reference with only the two numerical changes issue 11 asks for, made by
+--patched (for REV = d095785, the core before issue 11) also runs the reference with only the two
+numerical changes issue 11 asks for, made by
 `patch_reference` below (no vmap of one around the slot loop on a single slice; FedAvg assigns
 the body's weighted mean sum(w x) / sum(w) instead of g - (g - mean)), and compares it with both:
 reference vs patched shows what those changes alone do to the losses (rounding that Adam and 100
@@ -195,6 +197,7 @@ def main():
   ap.add_argument("--save_params")
   ap.add_argument("--load_params")
   ap.add_argument("--base", default="/tmp/base")
+  ap.add_argument("--base_name", default="", help="the commit the reference code is (for the record)")
   ap.add_argument("--configs", default="tiny,demo")
   ap.add_argument("--variants", default=",".join(VARIANTS))
   ap.add_argument("--steps", type=int, default=100)
@@ -222,6 +225,7 @@ def main():
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"date": datetime.date.today().isoformat(), "base": base,
+               "base_name": args.base_name,
                "compared": base if args.noise else ROOT,
                "command": "python " + " ".join(sys.argv), "tolerance": args.tolerance,
                "all_within_tolerance": all(r["within_tolerance"] for r in rows), "rows": rows},

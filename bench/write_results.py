@@ -266,14 +266,15 @@ def compare_section(d):
   rows = d["rows"]
   out = ["## Losses against the code before the refactor (bench/compare_main.py)", "",
          f"    {d['command']}", "",
-         f"{d['date']}. The reference is d095785 (`git archive d095785 | tar -x -C /tmp/base`). "
+         f"{d['date']}. The reference is {d.get('base_name') or d['base']} (`git archive "
+         f"{d.get('base_name') or 'REV'} | tar -x -C {d['base']}`). "
          "Both start from the reference's initial parameters and train the same data with the "
          f"real trainer for {rows[0]['steps']} steps on one CPU device; every per-source "
          "training loss of every step is compared. `patched` is the reference with only the two "
          "numerical changes the issue asks for (no vmap of one around the slot loop; FedAvg "
          "assigns sum(w x) / sum(w)), made by `patch_reference` in the script.", "",
-         "| config | variant | this vs d095785: max abs diff | first step not bit-equal | "
-         "d095785 vs patched | patched vs this | first step not bit-equal |",
+         "| config | variant | this vs reference: max abs diff | first step not bit-equal | "
+         "reference vs patched | patched vs this | first step not bit-equal |",
          "|---|---|---|---|---|---|---|"]
   first = lambda x: "none" if x is None else str(x)
   for r in rows:
