@@ -264,8 +264,9 @@ def bank_section(d):
 
 def compare_section(d):
   rows = d["rows"]
+  commands = d.get("commands", [d["command"]])
   out = ["## Losses against the code before the refactor (bench/compare_main.py)", "",
-         f"    {d['command']}", "",
+         *[f"    {c}" for c in commands], "",
          f"{d['date']}. The reference is {d.get('base_name') or d['base']} (`git archive "
          f"{d.get('base_name') or 'REV'} | tar -x -C {d['base']}`). "
          "Both start from the reference's initial parameters and train the same data with the "

@@ -107,18 +107,21 @@ def test_trim_rows_follow_their_owners_and_glob_is_the_mean():
       owners.setdefault(int(g), []).append(local[k, local_id])
   counts = {len(v) for v in owners.values()}
   assert 1 in counts and max(counts) > 1, "the synthetic sources must overlap partially"
-  unowned = sorted(set(range(64)) - set(owners))
-  assert unowned, "some global rows must belong to no source"
+  unowned = sorted(set(range(after.shape[0])) - set(owners))  # padding rows past 64 included
+  assert set(unowned) - set(range(64, after.shape[0])), "some global ids must belong to no source"
   for g, rows in owners.items():
     np.testing.assert_allclose(after[g], np.mean(rows, axis=0), rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(after[unowned], global_before[unowned])
 
   exp = setup("glob")
-  state, idx = run_local(exp, exp.program.init(jax.random.key(2)), 3)
+  state0 = exp.program.init(jax.random.key(2))
+  padding_before = host(state0["global"]["embed"]["table"])[64:]
+  state, idx = run_local(exp, state0, 3)
   local = host(state["slots"]["params"]["embed"]["table"])
   state, _ = exp.program.outer_step(state, idx, exp.outer_weights(idx))
-  np.testing.assert_allclose(host(state["global"]["embed"]["table"]), local.mean(0), rtol=1e-5,
-                             atol=1e-6)
+  after = host(state["global"]["embed"]["table"])
+  np.testing.assert_allclose(after[:64], local.mean(0)[:64], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(after[64:], padding_before)  # rows past the vocabulary: no owner
 
 
 def test_token_weighted_mean():
@@ -218,8 +221,9 @@ def test_a_round_moves_exactly_what_the_variant_shares(variant, per_round):
   prog = exp.program
   assert prog.uses_bank == bool(per_round)
   expected = body_bytes(c.model)
-  if variant in ("glob", "trim"):
-    expected += 4 * c.data.vocab_size * c.model.d_model
+  if variant in ("glob", "trim"):  # the global table, its padding rows included
+    expected += 4 * prog.layout.global_rows * c.model.d_model
+    assert prog.layout.global_rows == 128  # 64 ids padded to model.vocab_multiple
   assert round_bytes(prog, exp.mesh) == [0, expected]
   assert dept.outer_payload_bytes(prog) == expected
 
