@@ -47,9 +47,17 @@ def parse_flags(argv):
     rest = FLAGS(argv)
     if FLAGS.config is not None:
       FLAGS.config.keys()  # a config file that failed to load raises only when first read
-    return rest
   except Exception as e:
     _fail(errors.flag_error_line(e, argv))
+  for name in ("workdir", "out"):
+    # A run folder (lock, records, metrics, exports) is written through the local filesystem:
+    # os.makedirs("gs://b/run") would quietly create a local folder named "gs:".
+    value = getattr(FLAGS, name)
+    if value and "://" in value:
+      _fail(f"--{name}={value}: run and export folders are written through the local "
+            f"filesystem, and {value.split('://')[0]}:// is not one. Fix: use a local or mounted "
+            "path (e.g. the bucket mounted with gcsfuse); data sources may stay gs:// URLs.")
+  return rest
 
 
 def main(argv):

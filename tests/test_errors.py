@@ -46,6 +46,15 @@ def test_unknown_config_key_and_missing_config_file_end_in_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_a_url_as_the_workdir_is_refused_before_anything_is_written(tmp_path):
+  """Before: --workdir gs://bucket/run made a local folder named 'gs:' and trained into it."""
+  proc = cli("--config", "configs/tiny.py:spec", "--workdir", "gs://bucket/run")
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert "--workdir=gs://bucket/run: run and export folders are written through the local" in (
+      proc.stderr)
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
 def test_a_write_the_disk_refuses_during_a_run_ends_in_one_line(tmp_path):
   """Before: a full disk ended in 457 lines of orbax and tensorstore tracebacks. Here every file
   is capped at 1 MB (EFBIG, the same family as ENOSPC): the first checkpoint cannot be written."""
