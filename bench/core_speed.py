@@ -45,19 +45,6 @@ import step_speed as s  # noqa: E402
 from dept_jax import metrics_io, train  # noqa: E402
 
 
-def _interleave(cands: dict, steps: int, repeats: int) -> dict:
-  """Seconds per step of each candidate's blocks, interleaved A B C ... `repeats` times."""
-  for run in cands.values():  # compile / warm up
-    run(2)
-  times = {k: [] for k in cands}
-  for _ in range(repeats):
-    for k, run in cands.items():
-      t = time.perf_counter()
-      run(steps)
-      times[k].append((time.perf_counter() - t) / steps)
-  return times
-
-
 def steps_part(name, steps, repeats):
   c, V, K = s.model_setup(name)
   c.model.dtype = "float32" if c.model.dtype == "auto" else c.model.dtype
@@ -72,7 +59,7 @@ def steps_part(name, steps, repeats):
            f"dept_{K}src": s.jax_dept(c, V, B, K), f"plain_{K}_models": plain_models,
            "torch_eager": s.torch_eager(c, V, B), "matmul_2048": s.matmul_run()}
   load = os.getloadavg()[0]
-  times = _interleave(cands, steps, repeats)
+  times = s.interleave(cands, steps, repeats, pick=None)
   fpt = s.flops_per_token(c.model, V, L)
   out = {"model": name, "sources": K, "d_model": c.model.d_model, "n_layers": c.model.n_layers,
          "vocab_rows": V, "batch": B, "seq_len": L, "flops_per_token": fpt, "repeats": repeats,

@@ -151,14 +151,16 @@ def torch_eager(c, V, B):
   return run
 
 
-def interleave(cands: dict, steps: int, repeats: int) -> dict:
+def interleave(cands: dict, steps: int, repeats: int, pick=statistics.median) -> dict:
+  """Seconds per step of each candidate, blocks interleaved A B C ... `repeats` times: pick(blocks)
+  per candidate, or every block's time with pick=None."""
   for run in cands.values():  # compile / warm up
     run(2)
   times = {k: [] for k in cands}
   for _ in range(repeats):
     for k, run in cands.items():
       times[k].append(_time(lambda: run(steps)) / steps)
-  return {k: statistics.median(v) for k, v in times.items()}
+  return times if pick is None else {k: pick(v) for k, v in times.items()}
 
 
 def variant(c, **model_overrides):

@@ -620,20 +620,26 @@ def export_source(out_dir: str, body: PyTree, embed: PyTree, vocab_size: int, mo
   config = llama_config(model_cfg, vocab_size, bos_id=ids["bos"], eos_id=ids["eos"],
                         pad_id=ids["pad"], max_position_embeddings=max_position_embeddings,
                         dtype=dtype)
-  _write_json(os.path.join(out_dir, "config.json"), config)
   gen = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
          "pad_token_id": ids["pad"] if ids["pad"] is not None else ids["eos"]}
-  gen.update(dict(generation or {}))
-  _write_json(os.path.join(out_dir, "generation_config.json"), gen)
-  n_params = sum(int(v.size) for v in tensors.values())
-  with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-    f.write(_model_card(variant=variant, source_name=source_name,
-                        sources=list(sources) or [source_name], vocab_size=vocab_size,
-                        n_params=n_params, model_cfg=model_cfg, eval_results=eval_results,
-                        add_bos=add_bos,
-                        restricted_from=None if token_ids is None else len(full["pieces"])))
+  n_params = _write_config_and_card(
+      out_dir, config, {**gen, **dict(generation or {})}, tensors, variant=variant,
+      source_name=source_name, sources=list(sources) or [source_name], vocab_size=vocab_size,
+      model_cfg=model_cfg, eval_results=eval_results, add_bos=add_bos,
+      restricted_from=None if token_ids is None else len(full["pieces"]))
   files += ["config.json", "generation_config.json", "README.md"]
   return {"files": files, "config": config, "num_params": n_params}
+
+
+def _write_config_and_card(out_dir, config, generation, tensors, **card) -> int:
+  """config.json, generation_config.json and the model card (README.md); returns the parameter
+  count the card states."""
+  _write_json(os.path.join(out_dir, "config.json"), config)
+  _write_json(os.path.join(out_dir, "generation_config.json"), generation)
+  n_params = sum(int(v.size) for v in tensors.values())
+  with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+    f.write(_model_card(n_params=n_params, **card))
+  return n_params
 
 
 def _export_with_tokenizer_json(out_dir, body, embed, vocab_size, model_cfg, tokenizer_path, *,
@@ -669,15 +675,11 @@ def _export_with_tokenizer_json(out_dir, body, embed, vocab_size, model_cfg, tok
   _write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
   config = llama_config(model_cfg, vocab_size, bos_id=None, eos_id=tok.eos_id, pad_id=None,
                         max_position_embeddings=max_position_embeddings, dtype=dtype)
-  _write_json(os.path.join(out_dir, "config.json"), config)
   gen = {"eos_token_id": tok.eos_id, "pad_token_id": tok.eos_id, **dict(generation or {})}
-  _write_json(os.path.join(out_dir, "generation_config.json"), gen)
-  n_params = sum(int(v.size) for v in tensors.values())
-  with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-    f.write(_model_card(variant=variant, source_name=source_name,
-                        sources=list(sources) or [source_name], vocab_size=vocab_size,
-                        n_params=n_params, model_cfg=model_cfg, eval_results=eval_results,
-                        add_bos=False, restricted_from=None))
+  n_params = _write_config_and_card(
+      out_dir, config, gen, tensors, variant=variant, source_name=source_name,
+      sources=list(sources) or [source_name], vocab_size=vocab_size, model_cfg=model_cfg,
+      eval_results=eval_results, add_bos=False, restricted_from=None)
   files += ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
             "generation_config.json", "README.md"]
   return {"files": files, "config": config, "num_params": n_params}

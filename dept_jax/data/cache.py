@@ -137,9 +137,7 @@ def prepare_unit(unit: documents.Unit, cache: TokenCache, threads: int = 1) -> d
            "finished units are kept and the cache stays usable")
     raise
   finally:
-    for path in tmp.values():
-      if os.path.exists(path):
-        os.remove(path)
+    _remove_leftovers(tmp.values())
 
 
 def _write_unit(unit, cache, tmp, threads) -> dict:
@@ -458,9 +456,14 @@ def _build_index(name, units, cache, key, base):
            "set data.cache_dir to a bigger disk, then run again: the shards are kept")
     raise
   finally:
-    for path in tmp.values():
-      if os.path.exists(path):
-        os.remove(path)
+    _remove_leftovers(tmp.values())
+
+
+def _remove_leftovers(paths):
+  """Temporary files a write left behind (none after a success: they were renamed into place)."""
+  for path in paths:
+    if os.path.exists(path):
+      os.remove(path)
 
 
 def describe(src: SourceCache, seconds: float | None = None) -> str:
