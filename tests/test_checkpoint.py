@@ -54,8 +54,8 @@ def wait_for_step(proc, workdir, step, timeout=240):
     if proc.poll() is not None:
       raise AssertionError(f"run ended early: {proc.stdout.read()}")
     if os.path.exists(path):
-      with open(path) as f:
-        steps = [json.loads(l)["step"] for l in f if l.strip()]
+      with open(path) as f:  # a line still being appended has no newline yet
+        steps = [json.loads(l)["step"] for l in f if l.endswith("\n")]
       if steps and max(steps) >= step:
         return
     time.sleep(0.05)
@@ -324,22 +324,24 @@ def test_each_save_is_sealed_in_the_background_without_a_next_save(tmp_path):
 
 def test_sigkill_then_flipped_bytes_in_the_newest_step_are_detected(tmp_path):
   """Before: the newest step had no checksum until the next save began, so after a SIGKILL its
-  flipped bytes restored silently. Here step 40 is the newest for 40 steps: kill in that stretch."""
+  flipped bytes restored silently. Here step 100 is the newest for 100 steps: kill in that stretch
+  (long enough that a loaded machine's sealer, at nice 10, writes its manifest well before the
+  run could commit step 200)."""
   workdir = str(tmp_path / "run")
-  proc = launch(workdir, extra=["--config.steps=80", "--config.local_steps=40",
+  proc = launch(workdir, extra=["--config.steps=200", "--config.local_steps=100",
                                 "--config.checkpoint.every=0"])
-  wait_for_step(proc, workdir, 45)
-  manifest = os.path.join(workdir, "checkpoints", "manifests", "40.json")
+  wait_for_step(proc, workdir, 105)
+  manifest = os.path.join(workdir, "checkpoints", "manifests", "100.json")
   t0 = time.time()
   while not os.path.exists(manifest) and proc.poll() is None and time.time() - t0 < 60:
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   step, step_dir = newest_step_dir(workdir)
-  assert step == 40 and os.path.exists(manifest)
+  assert step == 100 and os.path.exists(manifest)
   victim = corrupt_one_file(step_dir)
   exp = experiment.setup(json_config(workdir), workdir)
-  with pytest.raises(CheckpointError, match=f"checkpoint at step 40 is damaged: {victim} does "
+  with pytest.raises(CheckpointError, match=f"checkpoint at step 100 is damaged: {victim} does "
                      "not match its checksum"):
     Checkpointer(workdir, exp.config.checkpoint).restore(exp.program.abstract_state)
 

@@ -270,25 +270,35 @@ def test_damaged_index_is_rebuilt_and_a_damaged_shard_named(tree, tmp_path):
   text.prepare(c, verify=True)  # the checksum finds it and makes it again
 
 
+# Runs `python -m dept_jax.main ARGS` with the worker pool's results wrapped so that the process
+# sends itself SIGTERM as the first unit comes back: the signal always lands mid-preparation,
+# however fast or slow the machine (waiting for a unit file from outside raced the last unit).
+_TERM_AFTER_FIRST_UNIT = """import concurrent.futures, os, runpy, signal, sys
+pool_map = concurrent.futures.ProcessPoolExecutor.map
+def map_then_term(self, fn, *iterables, **kw):
+  for i, result in enumerate(pool_map(self, fn, *iterables, **kw)):
+    if i == 0:
+      os.kill(os.getpid(), signal.SIGTERM)
+    yield result
+concurrent.futures.ProcessPoolExecutor.map = map_then_term
+sys.argv = ["dept_jax.main", *sys.argv[1:]]
+runpy.run_module("dept_jax.main", run_name="__main__")"""
+
+
 def test_sigterm_while_preparing_stops_in_one_line_and_leaves_no_worker(tmp_path):
   big = write_tree(str(tmp_path / "big"), n_docs=40, words=4000)
-  cmd = [sys.executable, "-m", "dept_jax.main", "--mode=prepare", "--config",
+  cmd = [sys.executable, "-c", _TERM_AFTER_FIRST_UNIT, "--mode=prepare", "--config",
          f"configs/folders.py:{big}", "--config.variant=trim", "--config.data.vocab_size=400",
          "--config.data.unit_mb=0.01", "--config.data.workers=2",
          f"--config.data.cache_dir={tmp_path / 'c'}"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, start_new_session=True)
-  units = os.path.join(tmp_path, "c", "tokens", "*", "units", "*.json")
-  for _ in range(1200):
-    if glob.glob(units) or proc.poll() is not None:
-      break
-    import time
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
+  out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out[-3000:]
   assert "SIGTERM: stopped while tokenizing the data; the shards finished so far are kept" in out
   assert "Traceback" not in out
+  units = glob.glob(os.path.join(tmp_path, "c", "tokens", "*", "units", "*.json"))
+  assert units, "no unit finished before the stop"
   import time
   for _ in range(100):  # no worker (nor multiprocessing's tracker) outlives the run for long
     try:

@@ -25,11 +25,16 @@ def read_records(path):
       pos += block - pos % block
       continue
     _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    if pos + 7 + n > len(data):  # the writer is still appending this chunk
+      break
     buf += data[pos + 7:pos + 7 + n]
     pos += 7 + n
     if kind in (1, 4):  # FULL or LAST chunk: a whole record
       rec = pb.Record()
-      rec.ParseFromString(buf)
+      try:
+        rec.ParseFromString(buf)
+      except Exception:  # a record whose bytes are not all written yet
+        break
       out.append(rec)
       buf = b""
     elif kind == 0 and n == 0:
@@ -56,12 +61,14 @@ def test_offline_run_holds_the_config_group_and_the_metrics(tmp_path):
   assert len(files) == 1
   # wandb's writer is a service process of its own: on a loaded machine its last blocks can land
   # just after finish() returns, so the file is read again for a few seconds before judging it.
-  for _ in range(60):
+  for _ in range(120):
     records = read_records(files[0])
     runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    if runs and any(r.WhichOneof("record_type") == "history" for r in records):
-      break
+    if runs and any(r.WhichOneof("record_type") == "exit" for r in records):
+      break  # the exit record is written last, after every history row
     time.sleep(0.5)
+  kinds = sorted({r.WhichOneof("record_type") for r in records})
+  assert runs and "exit" in kinds, f"the offline run's file holds only {kinds} after 60 s"
   run = runs[0]
   assert run.project == "dept_jax_test" and run.run_group == "study_x"
   assert run.display_name == "run"
