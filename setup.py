@@ -23,10 +23,16 @@ setup(
         "matplotlib>=3.8,<4",
         "pyarrow>=14",
         "safetensors>=0.8,<0.9",
+        "tokenizers>=0.21,<1",  # an existing Hugging Face tokenizer.json
+        "etils[epath]>=1.7",  # source paths, gs:// included
+        "fsspec>=2023.1",  # an object's version (gs://, s3://) for the token cache's key
+        "scipy>=1.11",  # the study's t intervals
+        "ml_dtypes>=0.5",  # bfloat16 tensors in the HF export
     ],
     extras_require={
         "test": ["pytest>=8,<10", "wandb>=0.31,<0.32"],
         "wandb": ["wandb>=0.31,<0.32"],  # log.wandb=offline|online
+        "gcs": ["gcsfs>=2024.2"],  # sources on gs:// (read through etils.epath and fsspec)
         # Only the export parity test needs these; the export itself is torch-free.
         "hf": ["torch==2.13.0", "transformers>=5.20,<6"],
     },
