@@ -85,26 +85,50 @@ def _remote(path: str) -> bool:
   return "://" in path
 
 
-def _epath(path: str):
+def epath_of(path: str):
   """etils.epath's Path; a gs:// path needs gcsfs (or TensorFlow) behind it."""
   from etils import epath
   try:
     return epath.Path(path)
   except ImportError as e:
     raise DataError(f"reading {path} needs a file system package that is not installed ({e}). "
-                    "Fix: pip install gcsfs (for gs://), or copy the data to a local disk.") from e
+                    "Fix: pip install 'dept_jax[gcs]' (gcsfs, for gs://), or copy the data to a "
+                    "local disk.") from e
 
 
 def _open(path: str):
-  return _epath(path).open("rb") if _remote(path) else open(path, "rb")
+  return epath_of(path).open("rb") if _remote(path) else open(path, "rb")
 
 
-def _stat(name: str, path: str) -> tuple[int, int]:
-  """(size, mtime_ns) of a file; an unreadable one fails naming it."""
+# What an object store reports per object that changes whenever the object is written again
+# (gcsfs: generation; s3fs: VersionId/ETag; adlfs: etag), then its times: the first one present
+# goes into the cache key, so a rewrite of equal size is prepared again.
+_OBJECT_VERSION_KEYS = ("generation", "VersionId", "version_id", "etag", "ETag", "md5Hash",
+                        "crc32c", "mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _remote_stat(name: str, path: str) -> tuple[int, str]:
+  """(size, version) of an object, through the fsspec file system etils.epath uses for it."""
   try:
-    if _remote(path):
-      st = _epath(path).stat()
-      return int(st.length), int(getattr(st, "mtime_nsec", 0) or 0)
+    import fsspec
+    fs, _ = fsspec.core.url_to_fs(path)
+    info = fs.info(path)
+  except ImportError as e:
+    raise DataError(f"source '{name}': reading {path} needs a file system package that is not "
+                    f"installed ({e}). Fix: pip install 'dept_jax[gcs]' (gcsfs, for gs://), or "
+                    "copy the data to a local disk.") from e
+  except OSError as e:
+    fail(name, f"cannot read {path}: {e.strerror or e}", "check the path and your credentials")
+  version = next((str(info[k]) for k in _OBJECT_VERSION_KEYS if info.get(k) not in (None, "")),
+                 "unversioned")
+  return int(info["size"]), version
+
+
+def _stat(name: str, path: str) -> tuple[int, int | str]:
+  """(size, mtime_ns or an object's version) of a file; an unreadable one fails naming it."""
+  if _remote(path):
+    return _remote_stat(name, path)
+  try:
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):  # a pipe or device would block or never end
       fail(name, f"{path} is not a regular file", "remove it from the source's folder, or point "
@@ -124,10 +148,10 @@ def list_files(name: str, path: str) -> list[str]:
   """The source's files, sorted: every non-hidden regular file below a folder, one file, or a
   glob (a path that exists is taken as it is, even with glob characters in its name)."""
   path = os.path.expanduser(path)
-  p = _epath(path)
+  p = epath_of(path)
   if not p.exists() and any(ch in path for ch in "*?["):
     root, _, pattern = _split_glob(path)
-    files = sorted(str(f) for f in _epath(root).glob(pattern) if _is_file(f))
+    files = sorted(str(f) for f in epath_of(root).glob(pattern) if _is_file(f))
     if not files:
       fail(name, f"the glob '{path}' matches no files",
            "check the pattern, or point path at a folder of text files")

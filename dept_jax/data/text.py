@@ -52,12 +52,12 @@ def source(path: str, format: str = "auto", field: str = "text", weight: float =
 def folder_sources(root: str) -> dict:
   """{name: source} for the subfolders of root (each one source), names made safe for
   --config.data.sources.<name> overrides; two folders that would get one name refuse."""
-  root = os.path.expanduser(root)
-  if not os.path.isdir(root):
+  root = os.path.expanduser(root).rstrip("/") or "/"
+  folder = documents.epath_of(root)  # a local folder, or gs://bucket/DIR where gcsfs is installed
+  if not folder.is_dir():
     raise DataError(f"'{root}' is not a folder. Fix: pass a folder whose "
                     "subfolders are the sources, as --config configs/folders.py:/path/to/DIR.")
-  subs = sorted(e for e in os.listdir(root)
-                if os.path.isdir(os.path.join(root, e)) and not e.startswith("."))
+  subs = sorted(e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))
   if not subs:
     raise DataError(f"'{root}' has no subfolders. Fix: put each source's "
                     "files in a subfolder of its own (DIR/<source>/...).")
@@ -67,7 +67,7 @@ def folder_sources(root: str) -> dict:
     if name in out:
       raise DataError(f"folders '{origin[name]}' and '{s}' in {root} both become source '{name}' "
                       "(names keep letters, digits and _). Fix: rename one of them.")
-    out[name], origin[name] = source(os.path.join(root, s)), s
+    out[name], origin[name] = source(f"{root.rstrip('/')}/{s}"), s
   return out
 
 

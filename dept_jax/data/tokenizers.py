@@ -152,6 +152,10 @@ def _config_eos(path: str) -> str:
 def load(path: str, eos_token: str = "") -> Tokenizer:
   """A .model file is sentencepiece; a .json file is a Hugging Face tokenizer."""
   path = os.path.expanduser(path)
+  if "://" in path:  # sentencepiece and tokenizers read local files only
+    raise DataError(f"tokenizer '{path}' is not a local file. Fix: copy it to a local disk "
+                    "(e.g. gsutil cp) and point the tokenizer setting at the copy; the run keeps "
+                    "its own copy in WORKDIR/tokenizers/ from then on.")
   if not os.path.exists(path):
     raise DataError(f"tokenizer '{path}' does not exist. Fix: point the tokenizer setting at a "
                     "sentencepiece .model or a Hugging Face tokenizer.json, or leave it empty to "
