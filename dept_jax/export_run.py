@@ -17,9 +17,11 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+from tokenizers import Tokenizer
 
-from dept_jax import dept, experiment, generate, hf_export, variants
+from dept_jax import dept, experiment, generate, hf_export, hf_tokenizer, variants
 from dept_jax.config_lib import ConfigError
+from dept_jax.data import tokenizers
 
 
 class SourceModel(NamedTuple):
@@ -52,11 +54,12 @@ def source_model(exp, state, name: str) -> SourceModel:
                      _owned_ids(exp, k))
 
 
-def _need_tokenizer(path, workdir):
-  if not path or not os.path.exists(path):
+def _tokenizer(exp, m: SourceModel, workdir: str) -> tokenizers.Tokenizer:
+  """The source's tokenizer as the run reads it (its EOS choice included)."""
+  if not m.tokenizer or not os.path.exists(m.tokenizer):
     raise ConfigError(f"the run in {workdir} has no tokenizer for this source (synthetic data "
                       "has none). Fix: export a run trained on text (e.g. configs/demo.py).")
-  return path
+  return tokenizers.load(m.tokenizer, exp.config.data.get("eos_token", ""))
 
 
 def export(workdir: str, source: str, out: str, step: int | None = None,
@@ -71,7 +74,7 @@ def export(workdir: str, source: str, out: str, step: int | None = None,
       final = json.load(f)["final"]
     evals = {k.split("/")[-1]: v for k, v in final.items() if k.startswith(f"eval/{source}/")}
   info = hf_export.export_source(
-      out, m.body, m.embed, m.vocab_size, exp.config.model, _need_tokenizer(m.tokenizer, workdir),
+      out, m.body, m.embed, m.vocab_size, exp.config.model, _tokenizer(exp, m, workdir),
       variant=exp.config.variant, source_name=source, sources=exp.names, eval_results=evals,
       overwrite=overwrite, max_position_embeddings=max(2048, exp.config.seq_len),
       token_ids=m.token_ids)
@@ -87,29 +90,35 @@ def _owned_ids(exp, k: int) -> np.ndarray:
 
 def generate_text(workdir: str, source: str, prompt: str, *, step=None, max_new_tokens=64,
                   temperature=0.8, top_k=0, top_p=1.0, seed=0) -> str:
-  from dept_jax.data import tokenizers
+  """The prompt and its continuation, encoded and decoded by the tokenizer the source's export
+  carries (`hf_tokenizer.for_export`), so the exported model in transformers, given the same ids,
+  generates the same text."""
   generate.check_sampling(max_new_tokens, temperature, top_k, top_p)  # before the run is loaded
   exp, state, _ = experiment.load_run(workdir, step)
   m = source_model(exp, state, source)
-  sp = tokenizers.load(_need_tokenizer(m.tokenizer, workdir))
-  ids = sp.encode([prompt])[0].tolist() or [sp.eos_id]
+  tok = hf_tokenizer.for_export(_tokenizer(exp, m, workdir), m.token_ids)
+  eos = tok.id_of("eos")
+  ids = tok.tokenizer.encode(prompt, add_special_tokens=False).ids or [eos]
   context = exp.config.seq_len
   if len(ids) + max_new_tokens > context:
     print(f"[dept_jax] warning: the prompt ({len(ids)} tokens) plus max_new_tokens "
           f"({max_new_tokens}) run past the {context}-token context the model was trained on; "
           "positions beyond it were never trained, so expect worse text there.",
           file=sys.stderr, flush=True)
-  eos = sp.eos_id
-  if m.token_ids is not None:
-    # TRIM/SPEC sample from the softmax the source trained: its table over its own ids; a piece
-    # it does not own reads as its <unk>, as in training.
-    local = {int(g): i for i, g in enumerate(m.token_ids)}
-    ids = [local.get(i, local[sp.unknown_id]) for i in ids]
-    eos = local[eos]
-  new = generate.generate(m.body, m.embed, m.vocab_size, exp.config.model, ids,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                          top_p=top_p, seed=seed, eos_id=eos)
-  new = [t for t in new if t != eos]
-  if m.token_ids is not None:
-    new = [int(m.token_ids[t]) for t in new]
-  return prompt + sp.decode(new)
+  # The model reads table rows: the tokenizer's ids for the source's own pieces (TRIM/SPEC: a
+  # piece it never trained on reads its unknown-token row, as in training); samples are rows
+  # < vocab_size, which are those same ids.
+  new = generate.generate(m.body, m.embed, m.vocab_size, exp.config.model,
+                          tok.rows[ids].tolist(), max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                          eos_id=int(tok.rows[eos]))
+  return prompt + continuation(tok.tokenizer, ids, [t for t in new if t != tok.rows[eos]])
+
+
+def continuation(tok: Tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
+  """The text new_ids add after prompt_ids, decoded together with them: decoded alone, a first
+  piece "▁software" loses its space (sentencepiece strips a leading one) and a character split
+  across byte pieces is cut."""
+  head = tok.decode(prompt_ids, skip_special_tokens=False)
+  full = tok.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=False)
+  return full[len(os.path.commonprefix([head, full])):]

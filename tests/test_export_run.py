@@ -267,18 +267,25 @@ def test_spec_export_does_not_change_when_the_data_changes_afterwards(run, tmp_p
   assert modes.evaluate_run(workdir, None)["step"] == 10
 
 
-def test_a_run_on_a_hugging_face_tokenizer_json_exports_and_loads(run, tmp_path):
-  """GLOB on a byte-level BPE tokenizer.json: the export carries the file, transformers loads it
-  with the same ids and the same logits. TRIM on one refuses in one line (its own vocabulary cannot
-  be cut out of a BPE tokenizer.json)."""
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+  """A byte-level BPE tokenizer.json trained here with the `tokenizers` library (as GPT-NeoX's is
+  built) on the three sources' text."""
+  from test_data_fixtures import make_docs, write_hf_tokenizer
+  path = str(tmp_path_factory.mktemp("bpe") / "tokenizer.json")
+  return write_hf_tokenizer(path, [t for k in ("code", "cyrillic", "latin")
+                                   for t in make_docs(k, 8, 800)], vocab_size=400)
+
+
+def test_a_run_on_a_hugging_face_tokenizer_json_exports_and_loads(run, bpe_tokenizer, tmp_path):
+  """GLOB on a byte-level BPE tokenizer.json: the export carries the tokenizer, transformers loads
+  it with the same ids and the same logits."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   from dept_jax.data import tokenizers
-  from test_data_fixtures import make_docs, write_hf_tokenizer
+  from test_data_fixtures import make_docs
   root, _ = run
-  hf = write_hf_tokenizer(str(tmp_path / "tokenizer.json"),
-                          [t for k in ("code", "cyrillic", "latin") for t in make_docs(k, 8, 800)],
-                          vocab_size=400)
+  hf = bpe_tokenizer
   workdir = str(tmp_path / "glob")
   c = text_config(root, "glob", steps=10, local_steps=5)
   c.data.tokenizer = hf
@@ -298,11 +305,121 @@ def test_a_run_on_a_hugging_face_tokenizer_json_exports_and_loads(run, tmp_path)
   with torch.no_grad():
     theirs = model_hf(torch.tensor([ids])).logits.numpy()
   np.testing.assert_allclose(theirs, ours[..., :m.vocab_size], atol=1e-4)
-  trim = str(tmp_path / "trim")
-  c = text_config(root, "trim", steps=5, local_steps=5)
-  c.data.tokenizer = hf
-  train.train(c, trim)
-  with pytest.raises(export_run.hf_export.ExportError, match=r"trim exports a source's own "
-                     r"vocabulary, and restricting the tokenizer.json .* Fix: train TRIM/SPEC "
-                     r"runs you want to export with a sentencepiece tokenizer"):
-    export_run.export(trim, "latin", str(tmp_path / "hf_trim"))
+
+
+@pytest.fixture(scope="module")
+def bpe_spec(run, bpe_tokenizer, tmp_path_factory):
+  """A SPEC run on the byte-level BPE tokenizer.json (the pile presets' setting)."""
+  root, _ = run
+  workdir = str(tmp_path_factory.mktemp("bpe_spec") / "run")
+  c = text_config(root, "spec", steps=10, local_steps=5)
+  c.data.tokenizer = bpe_tokenizer
+  train.train(c, workdir)
+  return root, workdir
+
+
+def _greedy_in_transformers(hf, tok, prompt_ids, n):
+  """transformers' greedy continuation of prompt_ids, EOS dropped (generate_text drops it)."""
+  import torch
+  with torch.no_grad():
+    out = hf.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids),
+                      dtype=torch.long), max_new_tokens=n, do_sample=False)[0].tolist()
+  return [t for t in out if t != tok.eos_token_id]
+
+
+def test_spec_on_a_bpe_tokenizer_json_exports_every_source_in_its_own_pieces(bpe_spec, tmp_path):
+  """Before: '--mode=export' of a TRIM/SPEC run on a tokenizer.json refused (a BPE model's merges
+  would reach pieces the source does not own). Now each source exports the BPE restricted to its
+  pieces (ids = its table's rows), plus the bytes and the pieces merges need on the way."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from tokenizers import Tokenizer, pre_tokenizers
+  from dept_jax.data import tokenizers
+  from test_data_fixtures import make_docs
+  root, workdir = bpe_spec
+  exp, state, _ = experiment.load_run(workdir)
+  glob = Tokenizer.from_file(exp.data.tokenizers["latin"])
+  for name in exp.names:
+    out = str(tmp_path / name)
+    export_run.export(workdir, name, out)
+    m = export_run.source_model(exp, state, name)
+    owned = [int(g) for g in m.token_ids]
+    V, local = len(owned), {g: i for i, g in enumerate(owned)}
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    mine = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    assert V < glob.get_vocab_size() and len(tok) > V
+    assert [mine.id_to_token(i) for i in range(V)] == [glob.id_to_token(g) for g in owned]
+    pieces = set(mine.get_vocab())
+    assert set(pre_tokenizers.ByteLevel.alphabet()) <= pieces  # any text can be spelled
+    # Pieces a merge builds on the way to an owned one: never a final token of the source's
+    # text (so not owned), but without them its own words would change.
+    assert pieces - set(pre_tokenizers.ByteLevel.alphabet()) - {glob.id_to_token(g) for g in owned}
+    # Training text: the global pieces are all owned, and the export gives the same ones.
+    train_docs = [open(os.path.join(root, name, f), encoding="utf-8").read()
+                  for f in sorted(os.listdir(os.path.join(root, name)))]
+    for doc in train_docs:
+      ids = glob.encode(doc, add_special_tokens=False).ids
+      assert set(ids) <= set(owned)
+      assert tok(doc, add_special_tokens=False)["input_ids"] == [local[g] for g in ids]
+    # Held-out text (same language, never trained on): every word whose global pieces the
+    # source owns gets those pieces; every text encodes and decodes back exactly.
+    words = 0
+    for doc in make_docs(name, 12, 800)[8:]:
+      for word, _ in glob.pre_tokenizer.pre_tokenize_str(glob.normalizer.normalize_str(doc)
+                                                         if glob.normalizer else doc):
+        want = [t.id for t in glob.model.tokenize(word)]
+        if set(want) <= set(owned):
+          words += 1
+          assert [t.value for t in mine.model.tokenize(word)] == \
+              [glob.id_to_token(g) for g in want], word
+      assert tok.decode(tok(doc, add_special_tokens=False)["input_ids"]) == doc
+    assert words > 1000
+    # A character no source ever saw still encodes (in single bytes), and those ids read the row
+    # the run used for what it did not own (its unknown-token row: EOS, as byte-level BPE has
+    # no <unk>).
+    text = train_docs[0][:40] + " 漢字 😀 ñ"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text and max(ids) >= V
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    table = hf.get_input_embeddings().weight.detach().numpy()
+    unk_row = local[tokenizers.load(exp.data.tokenizers[name]).unknown_id]
+    for i in ids[ids.index(max(ids)):]:
+      np.testing.assert_array_equal(table[i], m.embed["table"][i if i < V else unk_row])
+    with open(os.path.join(out, "README.md")) as f:
+      assert "never trained on" in f.read()
+    # The run's logits on the source's own text, in transformers.
+    ids = tok(train_docs[1], add_special_tokens=False)["input_ids"][:96]
+    ours = np.asarray(model.forward(m.body, m.embed, np.asarray([ids]), V, exp.config.model))
+    with torch.no_grad():
+      theirs = hf(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(theirs[..., :V], ours[..., :V], atol=1e-4)
+    if exp.config.model.tie_embeddings:  # the pieces it never trained on score as its <unk> row
+      np.testing.assert_array_equal(theirs[..., V:],
+                                    np.repeat(theirs[..., unk_row:unk_row + 1], len(tok) - V, -1))
+  # --mode=generate (greedy) and transformers' greedy generation: the same text.
+  prompt = train_docs[0][:24]
+  ids = tok(prompt, add_special_tokens=False)["input_ids"]
+  assert tok.decode(ids) == prompt
+  want = tok.decode(_greedy_in_transformers(hf, tok, ids, 12))
+  assert export_run.generate_text(workdir, name, prompt, max_new_tokens=12, temperature=0) == want
+
+
+def test_generate_text_is_the_exported_models_greedy_text(run, tmp_path):
+  """Before: generate decoded the new ids alone, and sentencepiece drops a first piece's leading
+  '▁': 'kalo' + '▁mine' printed 'kalomine', where transformers decodes 'kalo mine'."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  _, workdir = run
+  out = str(tmp_path / "hf")
+  export_run.export(workdir, "latin", out)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+  spaced = 0
+  for prompt in ("kalo", "mine ruto", "kalo mine ruto be"):
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    new = _greedy_in_transformers(hf, tok, ids, 10)[len(ids):]
+    spaced += tok.convert_ids_to_tokens(new[0]).startswith("\u2581")
+    want = tok.decode(ids + new)
+    assert export_run.generate_text(workdir, "latin", prompt, max_new_tokens=10,
+                                    temperature=0) == want
+  assert spaced  # a continuation that starts a new word: the case that lost its space
