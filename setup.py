@@ -28,6 +28,8 @@ setup(
         "fsspec>=2023.1",  # an object's version (gs://, s3://) for the token cache's key
         "scipy>=1.11",  # the study's t intervals
         "ml_dtypes>=0.5",  # bfloat16 tensors in the HF export
+        "huggingface_hub>=0.23,<3",  # the HF export's safetensors shards and model card
+        "protobuf>=5.28",  # sentencepiece's own schema, read by the HF export
     ],
     extras_require={
         "test": ["pytest>=8,<10", "wandb>=0.31,<0.32"],

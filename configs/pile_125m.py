@@ -3,6 +3,9 @@
   python -m dept_jax.main --mode=prepare --config configs/pile_125m.py:spec,/data/pile_by_domain,/models/neox/tokenizer.json
   python -m dept_jax.main --config configs/pile_125m.py:spec,/data/pile_by_domain,/models/neox/tokenizer.json \
       --workdir /mnt/gcs/BUCKET/runs/pile125m_spec
+  # one domain's model for Hugging Face: the body, its table and its own pieces of the tokenizer.json
+  python -m dept_jax.main --mode=export --workdir /mnt/gcs/BUCKET/runs/pile125m_spec --source FreeLaw \
+      --out hf/pile125m_FreeLaw
   # check the memory before renting: python -m dept_jax.main --mode=compile --config configs/pile_125m.py
 
 Argument: VARIANT[,DATA_ROOT[,TOKENIZER]]. DATA_ROOT has one subfolder per Pile domain (Ubuntu IRC

@@ -2,6 +2,9 @@
 
   python -m dept_jax.main --config configs/pile_350m.py:spec,/data/pile_by_domain,/models/neox/tokenizer.json \
       --workdir /mnt/gcs/BUCKET/runs/pile350m_spec
+  # one domain's model for Hugging Face: the body, its table and its own pieces of the tokenizer.json
+  python -m dept_jax.main --mode=export --workdir /mnt/gcs/BUCKET/runs/pile350m_spec --source FreeLaw \
+      --out hf/pile350m_FreeLaw
 
 Argument: VARIANT[,DATA_ROOT[,TOKENIZER]], as in configs/pile_125m.py (prepare the data once with
 --mode=prepare first). width 1024, 24 blocks, 16 heads, seq 2048, global batch 256 (16 per source),

@@ -312,7 +312,7 @@ def bpe_spec(run, bpe_tokenizer, tmp_path_factory):
   """A SPEC run on the byte-level BPE tokenizer.json (the pile presets' setting)."""
   root, _ = run
   workdir = str(tmp_path_factory.mktemp("bpe_spec") / "run")
-  c = text_config(root, "spec", steps=10, local_steps=5)
+  c = text_config(root, "spec", steps=5, local_steps=5)
   c.data.tokenizer = bpe_tokenizer
   train.train(c, workdir)
   return root, workdir

@@ -246,3 +246,93 @@ def test_tokenizer_add_bos(tmp_path, spm_models, lines):
   sp = spm.SentencePieceProcessor(model_file=spm_models["bpe"])
   for text in lines[4000:4050]:
     assert tok(text)["input_ids"] == [sp.bos_id()] + sp.encode(text)
+
+
+# ----------------------------------------------------------------------------- a source's pieces
+
+
+def _trained_tokenizer(kind, lines):
+  """A small tokenizer of each `tokenizers` model kind, trained here on stdlib lines."""
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+  from tokenizers import trainers
+  specials = ["<unk>", "<s>", "</s>"]
+  if kind == "bpe":  # sentencepiece-style, not byte-level: text it cannot spell becomes <unk>
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials)
+  elif kind == "unigram":
+    tok = Tokenizer(models.Unigram())
+    trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token="<unk>")
+  elif kind == "wordpiece":
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    trainer = trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials)
+  else:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    trainer = trainers.WordLevelTrainer(vocab_size=600, special_tokens=specials)
+  tok.normalizer = normalizers.NFKC()
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  tok.train_from_iterator(lines[:3000], trainer)
+  tok.post_processor = processors.TemplateProcessing(  # ids that must follow the renumbering
+      single="<s> $A </s>", special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>")])
+  return tok
+
+
+def _words(tok, text):
+  return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "wordlevel"])
+def test_a_sources_tokenizer_keeps_its_pieces_for_every_model_kind(lines, kind):
+  """The restricted tokenizer splits every word whose global pieces the source owns into those
+  pieces, the source's own lines exactly as the global tokenizer does, and anything else into its
+  own pieces or <unk>; its specials and template follow the new ids."""
+  from dept_jax import vocab_restrict
+  glob = _trained_tokenizer(kind, lines)
+  source, held = lines[:400], lines[5000:5400]
+  unk = glob.token_to_id("<unk>")
+  owned = sorted({i for l in source for i in glob.encode(l, add_special_tokens=False).ids}
+                 | {unk, glob.token_to_id("</s>")}, key=lambda g: (g * 7919) % 1009)  # any order
+  tok, rows = vocab_restrict.restrict(glob, owned, unk)
+  local = {g: i for i, g in enumerate(owned)}
+  assert [tok.id_to_token(i) for i in range(len(owned))] == [glob.id_to_token(g) for g in owned]
+  assert rows[:len(owned)].tolist() == list(range(len(owned)))
+  assert (rows[len(owned):] == local[unk]).all()
+  for line in source:
+    want = [local[g] for g in glob.encode(line).ids if g != glob.token_to_id("<s>")]
+    assert tok.encode(line).ids[1:] == want, line  # "<s>" is new: the template still adds it
+  assert tok.encode("x").tokens[0] == "<s>" and tok.encode("x").tokens[-1] == "</s>"
+  checked = 0
+  for line in held:
+    for word in _words(glob, line):
+      want = [t.value for t in glob.model.tokenize(word)]
+      if all(glob.token_to_id(p) in local for p in want):
+        checked += 1
+        assert [t.value for t in tok.model.tokenize(word)] == want, word
+  assert checked > 200
+  never_seen = tok.encode("漢字 😀", add_special_tokens=False).ids
+  assert never_seen and set(never_seen) <= set(range(len(rows)))
+  extra = len(rows) - len(owned)
+  if kind == "bpe":  # the alphabet: every character the global tokenizer could spell
+    assert extra > 0 and {p for p in glob.get_vocab() if len(p) == 1} <= set(tok.get_vocab())
+  else:  # only <s>, which the template inserts
+    assert extra == 1 and tok.id_to_token(len(owned)) == "<s>"
+
+
+def test_a_sentencepiece_bpe_with_byte_fallback_restricts_to_its_pieces_and_bytes(spm_models,
+                                                                                 lines):
+  """Before: restricting a sentencepiece BPE model was refused. Now the source's lines get the
+  ids sentencepiece gave them, and a character it never saw is spelled in byte pieces."""
+  from dept_jax import hf_tokenizer
+  sp = spm.SentencePieceProcessor(model_file=spm_models["bpe"])
+  source = lines[:300]
+  owned = sorted({i for l in source for i in sp.encode(l)} | {sp.unk_id(), sp.eos_id()})
+  tok = hf_tokenizer.for_export(spm_models["bpe"], owned)
+  local = {g: i for i, g in enumerate(owned)}
+  assert tok.own == len(owned) < len(tok.rows) and tok.restricted_from == sp.get_piece_size()
+  for line in source:
+    assert tok.tokenizer.encode(line).ids == [local[g] for g in sp.encode(line)], line
+  text = "x = '漢字 😀'"
+  ids = tok.tokenizer.encode(text).ids
+  assert tok.tokenizer.decode(ids) == text
+  assert any(tok.tokenizer.id_to_token(i).startswith("<0x") for i in ids)
+  assert (tok.rows[tok.own:] == local[sp.unk_id()]).all()
