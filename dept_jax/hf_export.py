@@ -23,10 +23,7 @@ from huggingface_hub import ModelCard, ModelCardData, split_state_dict_into_shar
 from safetensors.numpy import save_file
 
 from dept_jax import hf_tokenizer
-from dept_jax.vocab_restrict import ExportError
-
-__all__ = ["ExportError", "export_source", "check_out_dir", "hf_state_dict", "llama_config",
-           "save_safetensors"]
+from dept_jax.vocab_restrict import ExportError  # the export's one error, raised by all three
 
 PyTree = Any
 

@@ -68,13 +68,14 @@ SPECIALS = ("bos", "eos", "unk", "pad")
 
 @dataclasses.dataclass(frozen=True)
 class ExportTokenizer:
-  """tokenizer: what tokenizer.json holds. rows[i]: the table row id i reads: i for the first
-  `own` ids (all of them unless restricted), the unknown-token row for the pieces a restricted
-  tokenizer needs that the source never trained on. specials: {'eos': piece, ...} for the special pieces it has. sentencepiece: the
-  .model to ship as tokenizer.model (full vocabulary only: its ids are the global ones).
+  """tokenizer: what tokenizer.json holds.
+  rows[i]: the table row id i reads: i for the first `own` ids (all of them unless restricted),
+    the unknown-token row for pieces a restricted tokenizer needs that the source never trained on.
+  specials: {'eos': piece, ...} for the special pieces it has.
+  sentencepiece: the .model to ship as tokenizer.model (full vocabulary only: its ids are global).
   restricted_from: the global tokenizer's size when restricted to a source's pieces.
   split_special_tokens: a literal "<s>" in text is spelled out (sentencepiece), not read as the
-  special token (what a tokenizer.json's own encoding does)."""
+    special token (what a tokenizer.json's own encoding does)."""
   tokenizer: Tokenizer
   rows: np.ndarray
   own: int

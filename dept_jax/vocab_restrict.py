@@ -11,8 +11,9 @@ for text it did not own):
              merge, and on a word whose global pieces are all kept every merge it applies is kept,
              so the restricted tokenizer makes the same choice at every step. The pieces on the way
              matter: a piece that is always merged further never ends a token of the source's text,
-             and without it the owned piece above it cannot be built (14% of a licence source's
-             words changed on a 4,096-piece byte-level BPE when only owned pieces were kept).
+             and without it the owned piece above it cannot be built (with owned pieces alone,
+             0.1-30% of a source's words changed on byte-level BPEs of the built-in corpus; none
+             with them: bench/RESULTS.md).
   Unigram    its unknown piece (the best segmentation of a word over all pieces is still the best
              over a subset that holds it; what the source cannot spell becomes <unk>, as in training)
   WordPiece, WordLevel   the unknown token (longest match first, or whole words)
@@ -136,11 +137,11 @@ def _post_processor(pp, state: dict | None, new_id: dict[str, int]):
                 for k, s in state["special_tokens"].items()]
     return processors.TemplateProcessing(single=template(state["single"]),
                                          pair=template(state["pair"]), special_tokens=specials)
-  ends = {k: (state[k][0], new_id[state[k][0]]) for k in ("sep", "cls")}
+  sep, cls = ((state[k][0], new_id[state[k][0]]) for k in ("sep", "cls"))
   if kind == "BertProcessing":
-    return processors.BertProcessing(**ends)
+    return processors.BertProcessing(sep, cls)
   if kind == "RobertaProcessing":
-    return processors.RobertaProcessing(**ends, trim_offsets=state["trim_offsets"],
+    return processors.RobertaProcessing(sep, cls, trim_offsets=state["trim_offsets"],
                                         add_prefix_space=state["add_prefix_space"])
   raise ExportError(f"the tokenizer's post-processor {kind} inserts tokens whose ids cannot be "
                     "renumbered. Fix: export a glob/std run of this tokenizer, or use a tokenizer "
@@ -179,7 +180,7 @@ def restrict(tok: Tokenizer, token_ids: Sequence[int], unknown_id: int
   out.post_processor = _post_processor(tok.post_processor, state["post_processor"], new_id)
   out.add_tokens([a for g, a in sorted(added.items()) if a.content in new_id])
   if out.get_vocab_size(with_added_tokens=True) != len(ids):
-    raise ExportError("the restricted tokenizer did not keep its ids in the table's order "
-                      "(an added token outside the model's vocabulary?)")
+    raise ExportError(f"the tokenizer's pieces are not one per id ({len(ids)} ids, "
+                      f"{len(new_id)} pieces), so its ids cannot follow the table's rows")
   rows = np.concatenate([np.arange(len(owned)), np.full(len(extra), owned.index(unknown_id))])
   return out, rows.astype(np.int64)

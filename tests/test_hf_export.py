@@ -271,7 +271,7 @@ def _trained_tokenizer(kind, lines):
   tok.normalizer = normalizers.NFKC()
   tok.pre_tokenizer = pre_tokenizers.Metaspace()
   tok.decoder = decoders.Metaspace()
-  tok.train_from_iterator(lines[:3000], trainer)
+  tok.train_from_iterator(lines[:2000], trainer)
   tok.post_processor = processors.TemplateProcessing(  # ids that must follow the renumbering
       single="<s> $A </s>", special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>")])
   return tok
@@ -336,3 +336,24 @@ def test_a_sentencepiece_bpe_with_byte_fallback_restricts_to_its_pieces_and_byte
   assert tok.tokenizer.decode(ids) == text
   assert any(tok.tokenizer.id_to_token(i).startswith("<0x") for i in ids)
   assert (tok.rows[tok.own:] == local[sp.unk_id()]).all()
+
+
+@pytest.mark.parametrize("post", ["bert", "roberta", "sequence"])
+def test_the_tokens_a_post_processor_inserts_follow_the_new_ids(post):
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from dept_jax import vocab_restrict
+  pieces = ["<unk>", "a", "[CLS]", "b", "[SEP]", "c"]
+  glob = Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token="<unk>"))
+  glob.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  cls, sep = ("[CLS]", 2), ("[SEP]", 4)
+  glob.post_processor = {
+      "bert": processors.BertProcessing(sep, cls),
+      "roberta": processors.RobertaProcessing(sep, cls),
+      "sequence": processors.Sequence([processors.ByteLevel(trim_offsets=False),
+                                       processors.TemplateProcessing(
+                                           single="[CLS] $A [SEP]", special_tokens=[cls, sep])]),
+  }[post]
+  tok, rows = vocab_restrict.restrict(glob, [5, 0, 1], unknown_id=0)  # c, <unk>, a
+  enc = tok.encode("a c b")
+  assert enc.tokens == ["[CLS]", "a", "c", "<unk>", "[SEP]"]
+  assert enc.ids == [3, 2, 0, 1, 4] and rows.tolist() == [0, 1, 2, 1, 1]
