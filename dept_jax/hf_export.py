@@ -1,5 +1,5 @@
-"""Export one source's model (shared body + that source's embedding + its tokenizer) to a Hugging Face
-folder that `transformers` loads with no extra code:
+"""Export one source's model (shared body + that source's embedding + its tokenizer) to a Hugging
+Face folder that `transformers` loads with no extra code:
 
     AutoModelForCausalLM.from_pretrained(out_dir)   # LlamaForCausalLM
     AutoTokenizer.from_pretrained(out_dir)          # the ids the run trained on
@@ -203,7 +203,8 @@ def _model_card(tok: hf_tokenizer.ExportTokenizer, *, variant: str, source_name:
             "tok = AutoTokenizer.from_pretrained(PATH)",
             "model = AutoModelForCausalLM.from_pretrained(PATH)",
             "ids = tok(\"Hello\", return_tensors=\"pt\").input_ids",
-            "print(tok.decode(model.generate(ids, max_new_tokens=32, do_sample=True, top_p=0.9)[0]))",
+            "out = model.generate(ids, max_new_tokens=32, do_sample=True, top_p=0.9)",
+            "print(tok.decode(out[0]))",
             "```", ""]
   meta = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
                        tags=["dept", "dept_jax", variant])

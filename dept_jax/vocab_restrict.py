@@ -14,8 +14,9 @@ for text it did not own):
              and without it the owned piece above it cannot be built (with owned pieces alone,
              0.1-30% of a source's words changed on byte-level BPEs of the built-in corpus; none
              with them: bench/RESULTS.md).
-  Unigram    its unknown piece (the best segmentation of a word over all pieces is still the best
-             over a subset that holds it; what the source cannot spell becomes <unk>, as in training)
+  Unigram    its unknown piece (the best segmentation of a word over all pieces is still the
+             best over a subset that holds it; what the source cannot spell becomes <unk>, as in
+             training)
   WordPiece, WordLevel   the unknown token (longest match first, or whole words)
 Added tokens keep their settings when their piece is kept; those a post-processor template inserts
 are kept.
@@ -33,7 +34,7 @@ class ExportError(ValueError):
   """An export that cannot be written as asked; the message says what to change."""
 
 
-# ----------------------------------------------------------------------------- what each model needs
+# ----------------------------------------------------------------------------- per model kind
 
 
 def _merge_pairs(model: dict) -> list[tuple[str, str, str]]:
